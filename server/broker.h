@@ -1,0 +1,46 @@
+/* The broker: the event loop, the listener, the connections and the vhosts, and the
+ * once-per-loop-turn dispatch of queues that have work. */
+#ifndef WARREN_BROKER_H
+#define WARREN_BROKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "amqp/bytes.h"
+#include "server/config.h"
+
+struct event_base;
+struct event;
+struct evconnlistener;
+struct connection;
+struct queue;
+struct vhost;
+
+struct broker {
+    struct config cfg;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct vhost *vhost;          /* "/" : the only vhost for now */
+    struct connection *conns;     /* all live connections */
+    unsigned nconns;
+    uint64_t next_message_id;
+    uint64_t route_gen;           /* routing dedup marks */
+    struct queue *dirty;          /* queues waiting for a dispatch pass */
+    struct event *dispatch_ev;
+    struct event *sigint_ev, *sigterm_ev, *stop_ev;
+    bool stopping;
+};
+
+/* Sets up the event loop and the listener. Returns 0, or -1 after logging why. */
+int broker_init(struct broker *b, const struct config *cfg);
+/* Runs until SIGINT/SIGTERM, then closes every connection with 320 CONNECTION_FORCED. */
+int broker_run(struct broker *b);
+void broker_free(struct broker *b);
+
+struct vhost *broker_find_vhost(struct broker *b, amqp_bytes name);
+/* Adds q to the list dispatched later in this loop turn. */
+void broker_mark_dirty(struct broker *b, struct queue *q);
+/* Called by a connection when it is freed, so a stopping broker can exit early. */
+void broker_connection_gone(struct broker *b, struct connection *c);
+
+#endif

@@ -1,0 +1,26 @@
+/* Broker settings: defaults, overridden by the command line. */
+#ifndef WARREN_CONFIG_H
+#define WARREN_CONFIG_H
+
+#include <stdint.h>
+
+#include "server/log.h"
+
+struct config {
+    int port;              /* 5672 */
+    char bind[64];         /* 127.0.0.1 */
+    char data_dir[4096];   /* ./data */
+    enum log_level log_level;
+    uint16_t channel_max;  /* 2047 */
+    uint32_t frame_max;    /* 131072 */
+    uint16_t heartbeat;    /* 60 seconds; 0 = off */
+};
+
+void config_defaults(struct config *cfg);
+/* Parses argv into cfg. Returns 0 to run, 1 if --help/--version was printed (exit 0),
+ * -1 after printing an error for bad arguments (exit 2). */
+int config_parse_args(struct config *cfg, int argc, char **argv);
+
+#define WARREN_VERSION "0.1.0"
+
+#endif

@@ -1,0 +1,78 @@
+/* One client connection: reads frames from its socket, runs the handshake, owns its
+ * channels, sends frames, heartbeats and closes. */
+#ifndef WARREN_CONNECTION_H
+#define WARREN_CONNECTION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "amqp/abuf.h"
+#include "amqp/bytes.h"
+
+struct broker;
+struct sockaddr;
+struct bufferevent;
+struct event;
+struct channel;
+struct vhost;
+struct queue;
+struct message;
+struct amqp_method;
+
+enum conn_state {
+    CONN_AWAIT_HEADER,   /* accepted; waiting for the 8-byte protocol header */
+    CONN_AWAIT_START_OK, /* connection.start sent; waiting for start-ok (authentication) */
+    CONN_AWAIT_TUNE_OK,  /* connection.tune sent; waiting for tune-ok */
+    CONN_AWAIT_OPEN,     /* tuned; waiting for connection.open */
+    CONN_OPEN,           /* open: channels may be used */
+    CONN_CLOSING,        /* we sent connection.close; only close/close-ok are read now */
+    CONN_CLOSED,         /* done; the socket closes once the output is flushed */
+};
+
+struct connection {
+    struct broker *b;
+    struct bufferevent *bev;
+    struct connection *next, *prev;
+    char peer[64];
+    bool peer_is_loopback;
+    enum conn_state state;
+    uint16_t channel_max;
+    uint32_t frame_max;
+    uint16_t heartbeat;
+    struct channel **channels;   /* indexed by channel id, grown on demand */
+    uint32_t channels_cap;
+    struct vhost *vh;
+    char user[64];
+    bool cap_cancel_notify, cap_blocked, cap_auth_failure_close;
+    bool recv_since_tick, sent_since_tick;
+    uint8_t missed_ticks;
+    struct event *timer;         /* heartbeats; close timeout */
+    struct queue **exclusive;    /* exclusive queues owned by this connection */
+    uint32_t nexclusive, exclusive_cap;
+    struct abuf out;             /* scratch for building frames */
+    bool write_blocked;          /* output above the high watermark: deliveries pause */
+    bool in_read;                /* inside the read callback: do not free now */
+    bool free_pending;
+};
+
+/* Accepts a new client socket. */
+void conn_accept(struct broker *b, int fd, const struct sockaddr *addr, int addrlen);
+
+/* Sends a method frame. */
+void conn_send_method(struct connection *c, uint16_t channel, const struct amqp_method *m);
+/* Sends a method frame followed by the message's content header and body frames. */
+void conn_send_content(struct connection *c, uint16_t channel, const struct amqp_method *m,
+                       struct message *msg);
+/* Hard error: sends connection.close with the reply code and "NAME - text", tears down
+ * every channel and ignores further input but close-ok. method_id is the offending method. */
+void conn_error(struct connection *c, int code, uint32_t method_id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Server-initiated close for shutdown (320 CONNECTION_FORCED). */
+void conn_force_close(struct connection *c, const char *reason);
+/* True while the output buffer is below the high watermark. */
+bool conn_writable(const struct connection *c);
+void conn_add_exclusive(struct connection *c, struct queue *q);
+void conn_remove_exclusive(struct connection *c, struct queue *q);
+void conn_free(struct connection **cp);
+
+#endif

@@ -1,0 +1,41 @@
+#include "server/message.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "amqp_methods.h"
+#include "common/xalloc.h"
+
+struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
+                            const uint8_t *props, size_t props_len,
+                            const struct amqp_basic_properties *pr, uint64_t body_len)
+{
+    struct message *m = xmalloc(sizeof *m + exchange.len + rkey.len + props_len);
+    m->refs = 1;
+    m->id = id;
+    m->exchange_len = (uint8_t)exchange.len;
+    m->rkey_len = (uint8_t)rkey.len;
+    m->props_len = (uint32_t)props_len;
+    memcpy(m->data, exchange.ptr, exchange.len);
+    memcpy(m->data + exchange.len, rkey.ptr, rkey.len);
+    memcpy(m->data + exchange.len + rkey.len, props, props_len);
+    m->delivery_mode = (pr->flags & AMQP_PROP_DELIVERY_MODE) ? pr->delivery_mode : 0;
+    m->priority = (pr->flags & AMQP_PROP_PRIORITY) ? pr->priority : 0;
+    m->has_headers = (pr->flags & AMQP_PROP_HEADERS) != 0;
+    m->headers_off = m->has_headers ? (uint32_t)(pr->headers.ptr - props) : 0;
+    m->headers_len = m->has_headers ? (uint32_t)pr->headers.len : 0;
+    m->body_len = body_len;
+    m->body_received = 0;
+    m->body = body_len ? xmalloc(body_len) : NULL;
+    return m;
+}
+
+void message_unref(struct message **mp)
+{
+    struct message *m = *mp;
+    *mp = NULL;
+    if (!m || --m->refs > 0)
+        return;
+    free(m->body);
+    free(m);
+}

@@ -1,0 +1,179 @@
+#include "server/queue.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/broker.h"
+#include "server/channel.h"
+#include "server/message.h"
+#include "server/vhost.h"
+#include "common/xalloc.h"
+
+struct queue *queue_new(struct vhost *vh, amqp_bytes name, bool durable, bool exclusive,
+                        bool auto_delete, struct connection *owner, amqp_bytes args)
+{
+    struct queue *q = xcalloc(1, sizeof *q);
+    q->name = xstrndup(name.ptr, name.len);
+    q->name_len = name.len;
+    q->vh = vh;
+    q->durable = durable;
+    q->exclusive = exclusive;
+    q->auto_delete = auto_delete;
+    q->owner = owner;
+    q->args = xmalloc(args.len);
+    memcpy(q->args, args.ptr, args.len);
+    q->args_len = args.len;
+    q->refs = 1;
+    q->next_seq = 1;
+    return q;
+}
+
+void queue_ref(struct queue *q) { q->refs++; }
+
+void queue_unref(struct queue **qp)
+{
+    struct queue *q = *qp;
+    *qp = NULL;
+    if (!q || --q->refs > 0)
+        return;
+    queue_purge(q);
+    free(q->ring);
+    free(q->consumers);
+    free(q->args);
+    free(q->name);
+    free(q);
+}
+
+static struct qentry *at(struct queue *q, size_t i) { return &q->ring[(q->head + i) & (q->cap - 1)]; }
+
+static void grow(struct queue *q)
+{
+    size_t ncap = q->cap ? q->cap * 2 : 16;
+    struct qentry *n = xmalloc(ncap * sizeof *n);
+    for (size_t i = 0; i < q->count; i++)
+        n[i] = *at(q, i);
+    free(q->ring);
+    q->ring = n;
+    q->cap = ncap;
+    q->head = 0;
+}
+
+void queue_publish(struct queue *q, struct message *m)
+{
+    if (q->count == q->cap)
+        grow(q);
+    struct qentry *e = at(q, q->count++);
+    e->msg = message_ref(m);
+    e->seq = q->next_seq++;
+    e->redelivered = false;
+    q->ready_bytes += m->body_len;
+    if (q->nconsumers)
+        queue_wake(q);
+}
+
+int queue_pop(struct queue *q, struct qentry *out)
+{
+    if (q->count == 0)
+        return 0;
+    *out = *at(q, 0);
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
+    q->ready_bytes -= out->msg->body_len;
+    return 1;
+}
+
+void queue_requeue(struct queue *q, struct qentry e)
+{
+    if (q->deleted) {
+        message_unref(&e.msg);
+        return;
+    }
+    e.redelivered = true;
+    if (q->count == q->cap)
+        grow(q);
+    /* Usually older than every ready entry: goes to the front. Else binary search by seq. */
+    size_t pos = 0;
+    if (q->count && at(q, 0)->seq < e.seq) {
+        size_t lo = 0, hi = q->count;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (at(q, mid)->seq < e.seq)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        pos = lo;
+    }
+    if (pos == 0) {
+        q->head = (q->head + q->cap - 1) & (q->cap - 1);
+    } else {
+        for (size_t i = q->count; i > pos; i--)
+            *at(q, i) = *at(q, i - 1);
+    }
+    *at(q, pos) = e;
+    q->count++;
+    q->ready_bytes += e.msg->body_len;
+    if (q->nconsumers)
+        queue_wake(q);
+}
+
+size_t queue_purge(struct queue *q)
+{
+    size_t n = q->count;
+    struct qentry e;
+    while (queue_pop(q, &e))
+        message_unref(&e.msg);
+    return n;
+}
+
+void queue_add_consumer(struct queue *q, struct consumer *c)
+{
+    if (q->nconsumers == q->consumers_cap) {
+        q->consumers_cap = q->consumers_cap ? q->consumers_cap * 2 : 4;
+        q->consumers = xrealloc(q->consumers, q->consumers_cap * sizeof *q->consumers);
+    }
+    q->consumers[q->nconsumers++] = c;
+    q->had_consumer = true;
+    queue_wake(q);
+}
+
+void queue_remove_consumer(struct queue *q, struct consumer *c)
+{
+    for (size_t i = 0; i < q->nconsumers; i++) {
+        if (q->consumers[i] != c)
+            continue;
+        memmove(&q->consumers[i], &q->consumers[i + 1], (q->nconsumers - i - 1) * sizeof c);
+        q->nconsumers--;
+        if (q->next_consumer > i)
+            q->next_consumer--;
+        if (q->next_consumer >= q->nconsumers)
+            q->next_consumer = 0;
+        return;
+    }
+}
+
+void queue_wake(struct queue *q)
+{
+    if (!q->dirty && !q->deleted)
+        broker_mark_dirty(q->vh->broker, q);
+}
+
+void queue_dispatch(struct queue *q)
+{
+    while (q->count > 0 && q->nconsumers > 0) {
+        struct consumer *c = NULL;
+        for (size_t tried = 0; tried < q->nconsumers; tried++) {
+            struct consumer *cand = q->consumers[q->next_consumer];
+            q->next_consumer = (q->next_consumer + 1) % q->nconsumers;
+            if (consumer_has_credit(cand)) {
+                c = cand;
+                break;
+            }
+        }
+        if (!c)
+            return;
+        struct qentry e;
+        queue_pop(q, &e);
+        consumer_deliver(c, e);
+    }
+}

@@ -1,0 +1,106 @@
+#include "server/vhost.h"
+
+#include <stdlib.h>
+
+#include "server/channel.h"
+#include "server/connection.h"
+#include "server/exchange.h"
+#include "server/queue.h"
+#include "common/xalloc.h"
+
+static struct binding **incoming_of(struct binding *b)
+{
+    if (b->dest_is_exchange)
+        return &((struct exchange *)b->xb.dest)->incoming;
+    return &((struct queue *)b->xb.dest)->incoming;
+}
+
+static void predeclare(struct vhost *vh, const char *name, const struct xtype *type)
+{
+    struct exchange *x = exchange_new(vh, amqp_cstr(name), type, true, false, false, amqp_cstr(""));
+    x->builtin = true;
+    vhost_add_exchange(vh, x);
+}
+
+struct vhost *vhost_new(struct broker *b, const char *name)
+{
+    struct vhost *vh = xcalloc(1, sizeof *vh);
+    vh->name = xstrndup(name, strlen(name));
+    vh->broker = b;
+    strmap_init(&vh->exchanges);
+    strmap_init(&vh->queues);
+    predeclare(vh, "", &xtype_direct);
+    vh->default_exchange = vhost_exchange(vh, amqp_cstr(""));
+    vh->default_exchange->is_default = true;
+    predeclare(vh, "amq.direct", &xtype_direct);
+    predeclare(vh, "amq.fanout", &xtype_fanout);
+    predeclare(vh, "amq.topic", &xtype_topic);
+    predeclare(vh, "amq.headers", &xtype_headers);
+    predeclare(vh, "amq.match", &xtype_headers);
+    return vh;
+}
+
+void vhost_free(struct vhost **vhp)
+{
+    struct vhost *vh = *vhp;
+    *vhp = NULL;
+    if (!vh)
+        return;
+    void *v;
+    for (size_t i = 0; strmap_next(&vh->queues, &i, &v);)
+        vhost_delete_queue(vh, v);
+    /* Bindings first, so that deleting one exchange never auto-deletes another mid-walk. */
+    for (size_t i = 0; strmap_next(&vh->exchanges, &i, &v);) {
+        struct exchange *x = v;
+        while (x->bindings)
+            binding_remove(x->bindings, incoming_of(x->bindings));
+    }
+    for (size_t i = 0; strmap_next(&vh->exchanges, &i, &v);) {
+        struct exchange *x = v;
+        strmap_del(&vh->exchanges, exchange_name(x));
+        exchange_free(&x);
+    }
+    strmap_free(&vh->exchanges);
+    strmap_free(&vh->queues);
+    free(vh->name);
+    free(vh);
+}
+
+struct exchange *vhost_exchange(struct vhost *vh, amqp_bytes name) { return strmap_get(&vh->exchanges, name); }
+struct queue *vhost_queue(struct vhost *vh, amqp_bytes name) { return strmap_get(&vh->queues, name); }
+
+void vhost_add_exchange(struct vhost *vh, struct exchange *x) { strmap_put(&vh->exchanges, exchange_name(x), x); }
+void vhost_add_queue(struct vhost *vh, struct queue *q) { strmap_put(&vh->queues, queue_name(q), q); }
+
+void vhost_unbind(struct vhost *vh, struct binding *b)
+{
+    struct exchange *src = b->source;
+    binding_remove(b, incoming_of(b));
+    if (src->auto_delete && src->nbindings == 0 && !src->builtin)
+        vhost_delete_exchange(vh, src);
+}
+
+unsigned vhost_delete_queue(struct vhost *vh, struct queue *q)
+{
+    q->deleted = true;
+    while (q->nconsumers)
+        consumer_queue_deleted(q->consumers[q->nconsumers - 1]);
+    while (q->incoming)
+        vhost_unbind(vh, q->incoming);
+    strmap_del(&vh->queues, queue_name(q));
+    if (q->owner)
+        conn_remove_exclusive(q->owner, q);
+    unsigned n = (unsigned)queue_purge(q);
+    queue_unref(&q);
+    return n;
+}
+
+void vhost_delete_exchange(struct vhost *vh, struct exchange *x)
+{
+    while (x->bindings)
+        binding_remove(x->bindings, incoming_of(x->bindings));
+    while (x->incoming)
+        vhost_unbind(vh, x->incoming);
+    strmap_del(&vh->exchanges, exchange_name(x));
+    exchange_free(&x);
+}
