@@ -114,8 +114,8 @@ enum { AMQP_DECODE_OK = 0, AMQP_DECODE_SYNTAX = -1, AMQP_DECODE_UNKNOWN = -2 };
 
 /* Decodes a whole method frame payload (class id, method id, arguments) into *out.
  * Strings and tables in *out point into payload. Returns AMQP_DECODE_OK,
- * AMQP_DECODE_SYNTAX if truncated or a table is malformed (bytes left over after
- * the last argument are accepted), AMQP_DECODE_UNKNOWN for an unknown
+ * AMQP_DECODE_SYNTAX if truncated, a table is malformed or bytes are left over
+ * after the last argument, AMQP_DECODE_UNKNOWN for an unknown
  * class/method (out->id is still set if the ids could be read). */
 int amqp_method_decode(const uint8_t *payload, size_t len, struct amqp_method *out);
 /* Appends class id, method id and arguments. Short strings must be <= 255 bytes
@@ -239,7 +239,8 @@ def gen_source(spec, methods, props):
           '        return AMQP_DECODE_SYNTAX;', '    out->id = AMQP_METHOD_ID(cls, meth);']
     o += switch('out->id', [('%s' % m.enum, 'rc = dec_%s(r, &out->a.%s); break;' % (m.member, m.member))
                             for m in methods], 'return AMQP_DECODE_UNKNOWN;')
-    o += ['    return rc < 0 ? AMQP_DECODE_SYNTAX : AMQP_DECODE_OK;', '}', '',
+    o += ['    /* As RabbitMQ: bytes left over after the last argument are a malformed frame. */',
+          '    return rc < 0 || wire_left(r) != 0 ? AMQP_DECODE_SYNTAX : AMQP_DECODE_OK;', '}', '',
           'void amqp_method_encode(const struct amqp_method *m, struct abuf *b)', '{',
           '    abuf_u16(b, AMQP_METHOD_CLASS(m->id));', '    abuf_u16(b, AMQP_METHOD_INDEX(m->id));']
     o += switch('m->id', [('%s' % m.enum, 'enc_%s(b, &m->a.%s); break;' % (m.member, m.member))

@@ -162,7 +162,7 @@ static void handle_publish(struct channel *ch, const struct amqp_basic_publish *
 void channel_handle_header(struct channel *ch, const uint8_t *p, size_t len)
 {
     if (ch->pub != PUB_AWAIT_HEADER) {
-        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, 0,
+        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, ch->pub == PUB_IDLE ? 0 : AMQP_BASIC_PUBLISH,
                    ch->pub == PUB_IDLE ? "expected method frame, got non method frame instead"
                                        : "expected content body, got non content body frame instead");
         return;
@@ -204,14 +204,14 @@ void channel_handle_header(struct channel *ch, const uint8_t *p, size_t len)
 uint8_t *channel_body_dest(struct channel *ch, size_t size)
 {
     if (ch->pub != PUB_AWAIT_BODY) {
-        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, 0,
+        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, ch->pub == PUB_IDLE ? 0 : AMQP_BASIC_PUBLISH,
                    ch->pub == PUB_IDLE ? "expected method frame, got non method frame instead"
                                        : "expected content header for class 60, got non content header frame instead");
         return NULL;
     }
     struct message *m = ch->pub_msg;
     if (size > m->body_len - m->body_received) {
-        conn_error(ch->conn, AMQP_FRAME_ERROR, AMQP_BASIC_PUBLISH,
+        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, AMQP_BASIC_PUBLISH,
                    "content body frame of %zu bytes exceeds the %llu bytes left of the declared body size", size,
                    (unsigned long long)(m->body_len - m->body_received));
         return NULL;
@@ -288,8 +288,14 @@ static void tx_method(struct channel *ch, uint32_t id)
     }
 }
 
+/* RabbitMQ refuses active=false (a client pausing the server's deliveries) with 540;
+ * so do we, since clients pause with basic.qos or basic.cancel instead. */
 static void channel_flow(struct channel *ch, bool active)
 {
+    if (!active) {
+        conn_error(ch->conn, AMQP_NOT_IMPLEMENTED, AMQP_CHANNEL_FLOW, "active=false");
+        return;
+    }
     ch->flow_active = active;
     struct amqp_method ok = { .id = AMQP_CHANNEL_FLOW_OK };
     ok.a.channel_flow_ok.active = active;
@@ -301,7 +307,7 @@ static void channel_flow(struct channel *ch, bool active)
 void channel_handle_method(struct channel *ch, const struct amqp_method *m)
 {
     if (ch->pub != PUB_IDLE) {
-        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, m->id,
+        conn_error(ch->conn, AMQP_UNEXPECTED_FRAME, AMQP_BASIC_PUBLISH,
                    ch->pub == PUB_AWAIT_HEADER
                        ? "expected content header for class 60, got non content header frame instead"
                        : "expected content body, got non content body frame instead");

@@ -156,6 +156,17 @@ static void arm_timer(struct connection *c, int seconds)
     evtimer_add(c->timer, &tv);
 }
 
+/* Heartbeat ticks come every half interval: a heartbeat frame goes out on a tick when
+ * nothing else was sent during the previous one, and the peer is dropped once more than
+ * two whole intervals (five ticks) passed with nothing received. */
+#define MISSED_TICKS_LIMIT 5
+static void arm_heartbeat(struct connection *c)
+{
+    unsigned ms = c->heartbeat * 500u;
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(c->timer, &tv);
+}
+
 void conn_error(struct connection *c, int code, uint32_t method_id, const char *fmt, ...)
 {
     if (c->state >= CONN_CLOSING)
@@ -379,7 +390,7 @@ static void handle_tune_ok(struct connection *c, const struct amqp_connection_tu
     c->state = CONN_AWAIT_OPEN;
     evtimer_del(c->timer);
     if (c->heartbeat)
-        arm_timer(c, c->heartbeat);
+        arm_heartbeat(c);
 }
 
 static void handle_open(struct connection *c, const struct amqp_connection_open *o)
@@ -478,8 +489,12 @@ static void handle_channel_method(struct connection *c, uint16_t id, const struc
 {
     struct channel *ch = get_channel(c, id);
     if (id > c->channel_max) {
-        conn_error(c, AMQP_CHANNEL_ERROR, m->id, "channel number %u exceeds the negotiated channel_max %u",
-                   id, c->channel_max);
+        uint32_t open = 0;
+        for (uint32_t i = 0; i < c->channels_cap; i++)
+            open += c->channels[i] != NULL;
+        conn_error(c, AMQP_NOT_ALLOWED, m->id,
+                   "number of channels opened (%u) has reached the negotiated channel_max (%u)", open,
+                   c->channel_max);
         return;
     }
     if (m->id == AMQP_CHANNEL_OPEN) {
@@ -490,6 +505,8 @@ static void handle_channel_method(struct connection *c, uint16_t id, const struc
         open_channel(c, id);
         return;
     }
+    if (!ch && m->id == AMQP_CHANNEL_CLOSE_OK)
+        return; /* the close-ok of a close that crossed the client's own channel.close */
     if (!ch) {
         conn_error(c, AMQP_CHANNEL_ERROR, m->id, "expected 'channel.open'");
         return;
@@ -524,7 +541,9 @@ static void handle_frame(struct connection *c, uint8_t type, uint16_t chid, cons
 {
     if (type == AMQP_FRAME_HEARTBEAT) {
         if (chid != 0)
-            conn_error(c, AMQP_FRAME_ERROR, 0, "heartbeat frame on channel %u", chid);
+            conn_error(c, AMQP_UNEXPECTED_FRAME, 0, "heartbeat frame on channel %u", chid);
+        else if (size != 0)
+            conn_error(c, AMQP_FRAME_ERROR, 0, "heartbeat frame with a %u-byte payload", size);
         return;
     }
     if (c->state == CONN_CLOSING && chid != 0)
@@ -533,14 +552,13 @@ static void handle_frame(struct connection *c, uint8_t type, uint16_t chid, cons
         struct amqp_method m;
         int rc = amqp_method_decode(p, size, &m);
         if (rc == AMQP_DECODE_UNKNOWN) {
-            unsigned cls = size >= 2 ? (unsigned)(p[0] << 8 | p[1]) : 0;
-            unsigned mid = size >= 4 ? (unsigned)(p[2] << 8 | p[3]) : 0;
-            conn_error(c, AMQP_COMMAND_INVALID, 0, "unknown method class %u method %u", cls, mid);
+            conn_error(c, AMQP_COMMAND_INVALID, m.id, "unknown method class %u method %u", m.id >> 16,
+                       m.id & 0xffff);
             return;
         }
         if (rc != AMQP_DECODE_OK) {
-            uint32_t id = size >= 4 ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3] : 0;
-            conn_error(c, AMQP_SYNTAX_ERROR, id, "malformed method frame");
+            const char *name = amqp_method_name(m.id);
+            conn_error(c, AMQP_FRAME_ERROR, m.id, "cannot decode the arguments of %s", name ? name : "a method");
             return;
         }
         if (chid == 0) {
@@ -557,8 +575,7 @@ static void handle_frame(struct connection *c, uint8_t type, uint16_t chid, cons
     if (type == AMQP_FRAME_HEADER || type == AMQP_FRAME_BODY) {
         struct channel *ch = get_channel(c, chid);
         if (chid == 0 || c->state != CONN_OPEN || !ch) {
-            conn_error(c, chid == 0 ? AMQP_UNEXPECTED_FRAME : AMQP_CHANNEL_ERROR, 0,
-                       "content frame on channel %u that is not open", chid);
+            conn_error(c, AMQP_UNEXPECTED_FRAME, 0, "content frame on channel %u that is not open", chid);
             return;
         }
         if (ch->state == CH_CLOSING)
@@ -715,7 +732,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     if (c->recv_since_tick) {
         c->missed_ticks = 0;
-    } else if (++c->missed_ticks >= 2) {
+    } else if (++c->missed_ticks >= MISSED_TICKS_LIMIT) {
         log_warn("connection %s: missed heartbeats from client, timeout: %us", c->peer, c->heartbeat);
         conn_free(&c);
         return;
@@ -726,7 +743,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         bufferevent_write(c->bev, hb, sizeof hb);
     }
     c->sent_since_tick = false;
-    arm_timer(c, c->heartbeat);
+    arm_heartbeat(c);
 }
 
 void conn_accept(struct broker *b, int fd, const struct sockaddr *addr, int addrlen)

@@ -254,6 +254,10 @@ static void basic_cancel(struct channel *ch, const struct amqp_basic_cancel *bc)
 
 static void basic_qos(struct channel *ch, const struct amqp_basic_qos *qos)
 {
+    if (qos->prefetch_size != 0) {
+        conn_error(ch->conn, AMQP_NOT_IMPLEMENTED, AMQP_BASIC_QOS, "prefetch_size!=0 (%u)", qos->prefetch_size);
+        return;
+    }
     if (qos->global)
         ch->prefetch_global = qos->prefetch_count;
     else

@@ -45,7 +45,9 @@ static const char *type_name(uint8_t t)
     }
 }
 
-static void describe(const struct field_value *v, bool present, char *out, size_t size)
+/* RabbitMQ's wording: "'20'" when both sides have the argument, "the value '20' of type
+ * 'signedint'" or "none" when only one side has it. */
+static void describe(const struct field_value *v, bool present, bool both, char *out, size_t size)
 {
     if (!present) {
         snprintf(out, size, "none");
@@ -61,7 +63,10 @@ static void describe(const struct field_value *v, bool present, char *out, size_
         snprintf(val, sizeof val, "%lld", (long long)i);
     else
         snprintf(val, sizeof val, "...");
-    snprintf(out, size, "the value '%s' of type '%s'", val, type_name(v->type));
+    if (both)
+        snprintf(out, size, "'%s'", val);
+    else
+        snprintf(out, size, "the value '%s' of type '%s'", val, type_name(v->type));
 }
 
 /* Compares the arguments RabbitMQ checks on redeclare; raises 406 naming the first that differs. */
@@ -74,8 +79,8 @@ static bool args_equivalent(struct channel *ch, uint32_t mid, const char *kind, 
         if (ha == hb && (!ha || field_value_equal(&a, &b)))
             continue;
         char recv[160], cur[160];
-        describe(&b, hb, recv, sizeof recv);
-        describe(&a, ha, cur, sizeof cur);
+        describe(&b, hb, ha && hb, recv, sizeof recv);
+        describe(&a, ha, ha && hb, cur, sizeof cur);
         channel_error(ch, AMQP_PRECONDITION_FAILED, mid,
                       "inequivalent arg '%s' for %s '%.*s' in vhost '%s': received %s but current is %s", keys[i],
                       kind, STR(name), ch->conn->vh->name, recv, cur);
@@ -139,7 +144,7 @@ static void exchange_declare(struct channel *ch, const struct amqp_exchange_decl
     }
     const struct xtype *type = xtype_find(d->type);
     if (!type) {
-        conn_error(ch->conn, AMQP_COMMAND_INVALID, mid, "unknown exchange type '%.*s'", STR(d->type));
+        conn_error(ch->conn, AMQP_COMMAND_INVALID, mid, "invalid exchange type '%.*s'", STR(d->type));
         return;
     }
     if (x) {
@@ -384,7 +389,7 @@ static void handle_queue_delete(struct channel *ch, const struct amqp_queue_dele
             return;
         }
         if (d->if_empty && q->count > 0) {
-            channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "queue '%.*s' in vhost '%s' is not empty", STR(name),
+            channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "queue '%.*s' in vhost '%s' not empty", STR(name),
                           vh->name);
             return;
         }

@@ -7,6 +7,8 @@ Environment:
                    RabbitMQ used to validate the tests); tests that start and
                    stop their own broker are skipped then.
   WARREN_TEST_KEEP if set, keep the brokers' data and stderr directories.
+  WARREN_START_TIMEOUT  seconds to wait for a started broker to accept
+                   connections (default 10).
 """
 
 import os
@@ -25,7 +27,7 @@ from brokertest import Amqp
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = float(os.environ.get("WARREN_START_TIMEOUT", "10"))
 STOP_TIMEOUT = 10.0
 
 
@@ -35,12 +37,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _port_open(host, port):
+def _probe(host, port):
+    """'closed' if nothing accepts on the port; 'answers' if the server
+    replies to an AMQP protocol header; 'accepts' if it only accepts the
+    TCP connection (or hangs up without a reply)."""
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
+        s = socket.create_connection((host, port), timeout=0.5)
     except OSError:
-        return False
+        return "closed"
+    try:
+        s.settimeout(1.0)
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        return "answers" if s.recv(1) else "accepts"
+    except OSError:
+        return "accepts"
+    finally:
+        s.close()
 
 
 def warren_bin():
@@ -116,13 +128,21 @@ class BrokerProcess:
                  "--data", str(self.datadir), "--log-level", "debug"],
                 stdin=subprocess.DEVNULL, stdout=errf, stderr=errf)
             errf.close()
+            # Ready when the broker answers a protocol header; a port that
+            # only accepts TCP until the deadline counts as ready too, so
+            # that a broken handshake fails the tests, not the harness.
             deadline = time.monotonic() + READY_TIMEOUT
+            accepted = False
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if _port_open(self.host, self.port):
+                state = _probe(self.host, self.port)
+                if state == "answers":
                     return self
+                accepted = accepted or state == "accepts"
                 time.sleep(0.05)
+            if self.proc.poll() is None and accepted:
+                return self
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(5)
