@@ -159,6 +159,15 @@ int broker_run(struct broker *b)
 
 void broker_free(struct broker *b)
 {
+    /* Freeing the signal events restores the default actions; a repeated signal must not
+     * kill the clean-up half way, so ignore them from here on. */
+    if (b->sigint_ev)
+        event_free(b->sigint_ev);
+    if (b->sigterm_ev)
+        event_free(b->sigterm_ev);
+    b->sigint_ev = b->sigterm_ev = NULL;
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     while (b->conns) {
         struct connection *c = b->conns;
         conn_free(&c);
@@ -171,10 +180,6 @@ void broker_free(struct broker *b)
         event_free(b->dispatch_ev);
     if (b->stop_ev)
         event_free(b->stop_ev);
-    if (b->sigint_ev)
-        event_free(b->sigint_ev);
-    if (b->sigterm_ev)
-        event_free(b->sigterm_ev);
     if (b->base)
         event_base_free(b->base);
     memset(b, 0, sizeof *b);

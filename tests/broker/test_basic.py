@@ -640,3 +640,118 @@ def test_qos_prefetch_size_not_implemented(amqp):
                           "NOT_IMPLEMENTED - prefetch_size!=0 (1000)",
                           spec.Basic.Qos):
         ch.basic_qos(prefetch_size=1000, prefetch_count=1)
+
+
+# ------------------------------------------------------ more edge cases
+
+def test_frames_in_flight_after_channel_error_are_ignored(amqp):
+    # Several publishes (with multi-frame bodies) go out before pika sees
+    # the channel.close for the first one: the broker must drop them and
+    # keep the connection and the other channels working.
+    conn = amqp.connect(frame_max=4096)
+    ch, other = conn.channel(), conn.channel()
+    q = amqp.queue(other)
+    missing = uname("missing")
+    big = body_of(20000)
+    for _ in range(5):
+        ch._impl.basic_publish(missing, "k", big)
+        ch._impl.basic_publish("", q, big)
+    with channel_error(ch, 404,
+                       "NOT_FOUND - no exchange '%s' in vhost '/'" % missing,
+                       spec.Basic.Publish):
+        sync(ch)
+    assert conn.is_open and other.is_open
+    publish(other, "", q, b"still fine")
+    assert bodies(other, q)[-1] == b"still fine"
+    # the channel number can be reused
+    again = conn.channel(channel_number=ch.channel_number)
+    publish(again, "", q, b"reused")
+    assert bodies(again, q) == [b"reused"]
+
+
+def test_cancel_keeps_unacked_messages_ackable(amqp, ch):
+    q = amqp.queue(ch)
+    fill(ch, q, 2)
+    tag, got = consume(ch, q)
+    assert pump(ch.connection, lambda: len(got) == 2)
+    ch.basic_cancel(tag)
+    ch.basic_ack(got.tags[0])
+    sync(ch)
+    ch.close()
+    left = get_all(amqp.channel(), q)
+    assert [(b, m.redelivered) for m, _, b in left] == [(b"m1", True)]
+
+
+def test_get_alongside_consumer(amqp, ch):
+    q = amqp.queue(ch)
+    cch = amqp.channel()
+    cch.basic_qos(prefetch_count=1)
+    _, got = consume(cch, q)
+    fill(ch, q, 3)
+    assert pump(cch.connection, lambda: len(got) == 1)
+    m, _, b = ch.basic_get(q, auto_ack=True)
+    assert (b, m.message_count) == (b"m1", 1)
+    cch.basic_ack(got.tags[0])
+    assert pump(cch.connection, lambda: len(got) == 2)
+    assert got.bodies == [b"m0", b"m2"]
+
+
+def test_round_robin_consumers_each_message_once(amqp, ch):
+    q = amqp.queue(ch)
+    c1, c2 = amqp.channel(), amqp.channel()
+    _, g1 = consume(c1, q, auto_ack=True)
+    _, g2 = consume(c2, q, auto_ack=True)
+    msgs = fill(ch, q, 20)
+    assert pump(ch.connection, lambda: len(g1) + len(g2) == 20)
+    settle(ch.connection, 0.2)
+    assert sorted(g1.bodies + g2.bodies) == sorted(msgs)
+    assert g1.bodies and g2.bodies
+    # each consumer sees its messages in queue order
+    for g in (g1, g2):
+        assert g.bodies == [m for m in msgs if m in g.bodies]
+
+
+def test_many_messages_keep_order(amqp, ch):
+    q = amqp.queue(ch)
+    n = 2000
+    msgs = [b"%06d" % i for i in range(n)]
+    for b in msgs:
+        ch.basic_publish("", q, b)
+    _, got = consume(ch, q)
+    assert pump(ch.connection, lambda: len(got) == n, timeout=20)
+    assert got.bodies == msgs
+    assert got.tags == list(range(1, n + 1))
+    ch.basic_ack(n, multiple=True)
+    assert counts(ch, q) == (0, 1)
+
+
+def test_delete_ok_counts_ready_messages_only(amqp, ch):
+    q = amqp.queue(ch)
+    fill(ch, q, 4)
+    get_unacked(ch, q, 1)
+    other = amqp.channel()
+    assert other.queue_delete(q).method.message_count == 3
+
+
+def test_passive_declare_nowait_still_fails(amqp, ch):
+    q = uname("missing")
+    with channel_error(ch, 404, "NOT_FOUND - no queue '%s' in vhost '/'" % q,
+                       spec.Queue.Declare):
+        send(ch, spec.Queue.Declare(queue=q, passive=True, nowait=True))
+        sync(ch)
+    ch = amqp.channel()
+    x = uname("missing")
+    with channel_error(ch, 404, "NOT_FOUND - no exchange '%s' in vhost '/'" % x,
+                       spec.Exchange.Declare):
+        send(ch, spec.Exchange.Declare(exchange=x, type="direct", passive=True,
+                                       nowait=True))
+        sync(ch)
+
+
+def test_nowait_declare_and_bind(amqp, ch):
+    q, x = amqp.qname(), amqp.xname()
+    send(ch, spec.Exchange.Declare(exchange=x, type="fanout", nowait=True))
+    send(ch, spec.Queue.Declare(queue=q, nowait=True))
+    send(ch, spec.Queue.Bind(queue=q, exchange=x, nowait=True))
+    publish(ch, x, "", b"nowait")
+    assert bodies(ch, q) == [b"nowait"]
