@@ -492,9 +492,13 @@ static void handle_channel_method(struct connection *c, uint16_t id, const struc
         uint32_t open = 0;
         for (uint32_t i = 0; i < c->channels_cap; i++)
             open += c->channels[i] != NULL;
-        conn_error(c, AMQP_NOT_ALLOWED, m->id,
-                   "number of channels opened (%u) has reached the negotiated channel_max (%u)", open,
-                   c->channel_max);
+        if (open >= c->channel_max)
+            conn_error(c, AMQP_NOT_ALLOWED, m->id,
+                       "number of channels opened (%u) has reached the negotiated channel_max (%u)", open,
+                       c->channel_max);
+        else
+            conn_error(c, AMQP_NOT_ALLOWED, m->id, "channel number %u is above the negotiated channel_max (%u)",
+                       id, c->channel_max);
         return;
     }
     if (m->id == AMQP_CHANNEL_OPEN) {

@@ -27,8 +27,8 @@ struct vhost *vhost_new(struct broker *b, const char *name)
     struct vhost *vh = xcalloc(1, sizeof *vh);
     vh->name = xstrndup(name, strlen(name));
     vh->broker = b;
-    strmap_init(&vh->exchanges);
-    strmap_init(&vh->queues);
+    xmap_init(&vh->exchanges);
+    xmap_init(&vh->queues);
     predeclare(vh, "", &xtype_direct);
     vh->default_exchange = vhost_exchange(vh, amqp_cstr(""));
     vh->default_exchange->is_default = true;
@@ -40,37 +40,49 @@ struct vhost *vhost_new(struct broker *b, const char *name)
     return vh;
 }
 
+static void drop_queue(void *vh, void *q) { vhost_delete_queue(vh, q); }
+
+static void unbind_all(void *vh, void *x_)
+{
+    (void)vh;
+    struct exchange *x = x_;
+    while (x->bindings)
+        binding_remove(x->bindings, incoming_of(x->bindings));
+}
+
+static void drop_exchange(void *vh, void *x_)
+{
+    struct exchange *x = x_;
+    xmap_del(&((struct vhost *)vh)->exchanges, exchange_name(x), xhash(exchange_name(x)));
+    exchange_free(&x);
+}
+
 void vhost_free(struct vhost **vhp)
 {
     struct vhost *vh = *vhp;
     *vhp = NULL;
     if (!vh)
         return;
-    void *v;
-    for (size_t i = 0; strmap_next(&vh->queues, &i, &v);)
-        vhost_delete_queue(vh, v);
+    xmap_drain(&vh->queues, drop_queue, vh);
     /* Bindings first, so that deleting one exchange never auto-deletes another mid-walk. */
-    for (size_t i = 0; strmap_next(&vh->exchanges, &i, &v);) {
-        struct exchange *x = v;
-        while (x->bindings)
-            binding_remove(x->bindings, incoming_of(x->bindings));
+    for (size_t i = 0; i < vh->exchanges.cap; i++) {
+        if (vh->exchanges.slots[i].val)
+            unbind_all(vh, vh->exchanges.slots[i].val);
     }
-    for (size_t i = 0; strmap_next(&vh->exchanges, &i, &v);) {
-        struct exchange *x = v;
-        strmap_del(&vh->exchanges, exchange_name(x));
-        exchange_free(&x);
-    }
-    strmap_free(&vh->exchanges);
-    strmap_free(&vh->queues);
+    xmap_drain(&vh->exchanges, drop_exchange, vh);
     free(vh->name);
     free(vh);
 }
 
-struct exchange *vhost_exchange(struct vhost *vh, amqp_bytes name) { return strmap_get(&vh->exchanges, name); }
-struct queue *vhost_queue(struct vhost *vh, amqp_bytes name) { return strmap_get(&vh->queues, name); }
+struct exchange *vhost_exchange(struct vhost *vh, amqp_bytes name) { return xmap_find(&vh->exchanges, name); }
+struct queue *vhost_queue(struct vhost *vh, amqp_bytes name) { return xmap_find(&vh->queues, name); }
 
-void vhost_add_exchange(struct vhost *vh, struct exchange *x) { strmap_put(&vh->exchanges, exchange_name(x), x); }
-void vhost_add_queue(struct vhost *vh, struct queue *q) { strmap_put(&vh->queues, queue_name(q), q); }
+void vhost_add_exchange(struct vhost *vh, struct exchange *x)
+{
+    xmap_put(&vh->exchanges, exchange_name(x), xhash(exchange_name(x)), x);
+}
+
+void vhost_add_queue(struct vhost *vh, struct queue *q) { xmap_put(&vh->queues, queue_name(q), xhash(queue_name(q)), q); }
 
 void vhost_unbind(struct vhost *vh, struct binding *b)
 {
@@ -87,7 +99,7 @@ unsigned vhost_delete_queue(struct vhost *vh, struct queue *q)
         consumer_queue_deleted(q->consumers[q->nconsumers - 1]);
     while (q->incoming)
         vhost_unbind(vh, q->incoming);
-    strmap_del(&vh->queues, queue_name(q));
+    xmap_del(&vh->queues, queue_name(q), xhash(queue_name(q)));
     if (q->owner)
         conn_remove_exclusive(q->owner, q);
     unsigned n = (unsigned)queue_purge(q);
@@ -101,6 +113,6 @@ void vhost_delete_exchange(struct vhost *vh, struct exchange *x)
         binding_remove(x->bindings, incoming_of(x->bindings));
     while (x->incoming)
         vhost_unbind(vh, x->incoming);
-    strmap_del(&vh->exchanges, exchange_name(x));
+    xmap_del(&vh->exchanges, exchange_name(x), xhash(exchange_name(x)));
     exchange_free(&x);
 }

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 
 #include "amqp/bytes.h"
-#include "server/strmap.h"
+#include "common/xmap.h"
 
 struct broker;
 struct exchange;
@@ -16,8 +16,8 @@ struct binding;
 struct vhost {
     char *name;
     struct broker *broker;
-    struct strmap exchanges;
-    struct strmap queues;
+    struct xmap exchanges;
+    struct xmap queues;
     struct exchange *default_exchange;
 };
 
