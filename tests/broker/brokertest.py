@@ -215,6 +215,31 @@ def counts(ch, queue):
     return ok.message_count, ok.consumer_count
 
 
+def no_queue(name):
+    return "NOT_FOUND - no queue '%s' in vhost '/'" % name
+
+
+def no_exchange(name):
+    return "NOT_FOUND - no exchange '%s' in vhost '/'" % name
+
+
+def expect_queue_gone(ch, queue, timeout=DEFAULT_TIMEOUT):
+    """Poll with passive declares until `queue` no longer exists (404 with
+    RabbitMQ's text); fails if it is still there after `timeout`. Closes
+    `ch`."""
+    with channel_error(ch, 404, no_queue(queue), spec.Queue.Declare):
+        pump(ch.connection, lambda: counts(ch, queue) is None, timeout)
+
+
+def expect_exchange_gone(ch, exchange, timeout=DEFAULT_TIMEOUT):
+    """Like expect_queue_gone, for an exchange."""
+    def check():
+        ch.exchange_declare(exchange, passive=True)
+        return False
+    with channel_error(ch, 404, no_exchange(exchange), spec.Exchange.Declare):
+        pump(ch.connection, check, timeout)
+
+
 def wait_count(conn, ch, queue, n, timeout=DEFAULT_TIMEOUT):
     """Wait until `queue` holds n ready messages; returns the last count."""
     last = [None]

@@ -9,8 +9,8 @@ import pytest
 from pika import spec
 
 from brokertest import (Collector, bodies, channel_error, connection_error,
-                        counts, get_all, publish, pump, rpc, send, settle,
-                        sync, uname, wait_count)
+                        counts, get_all, no_exchange, no_queue, publish, pump,
+                        rpc, send, settle, sync, uname)
 
 
 def fill(ch, q, n, prefix="m"):
@@ -50,7 +50,7 @@ def test_get_empty_on_fresh_queue(amqp, ch):
 
 def test_get_missing_queue(ch):
     q = uname("missing")
-    with channel_error(ch, 404, "NOT_FOUND - no queue '%s' in vhost '/'" % q,
+    with channel_error(ch, 404, no_queue(q),
                        spec.Basic.Get):
         ch.basic_get(q)
 
@@ -82,7 +82,7 @@ def test_unroutable_not_mandatory_is_dropped_silently(amqp, ch):
 
 def test_publish_to_missing_exchange(ch):
     x = uname("missing")
-    with channel_error(ch, 404, "NOT_FOUND - no exchange '%s' in vhost '/'" % x,
+    with channel_error(ch, 404, no_exchange(x),
                        spec.Basic.Publish):
         publish(ch, x, "k", b"lost")
         sync(ch)
@@ -260,7 +260,7 @@ def test_same_consumer_tag_on_other_channel_is_fine(amqp, ch):
 
 def test_consume_missing_queue(ch):
     q = uname("missing")
-    with channel_error(ch, 404, "NOT_FOUND - no queue '%s' in vhost '/'" % q,
+    with channel_error(ch, 404, no_queue(q),
                        spec.Basic.Consume):
         ch.basic_consume(q, Collector())
 
@@ -657,7 +657,7 @@ def test_frames_in_flight_after_channel_error_are_ignored(amqp):
         ch._impl.basic_publish(missing, "k", big)
         ch._impl.basic_publish("", q, big)
     with channel_error(ch, 404,
-                       "NOT_FOUND - no exchange '%s' in vhost '/'" % missing,
+                       no_exchange(missing),
                        spec.Basic.Publish):
         sync(ch)
     assert conn.is_open and other.is_open
@@ -735,13 +735,13 @@ def test_delete_ok_counts_ready_messages_only(amqp, ch):
 
 def test_passive_declare_nowait_still_fails(amqp, ch):
     q = uname("missing")
-    with channel_error(ch, 404, "NOT_FOUND - no queue '%s' in vhost '/'" % q,
+    with channel_error(ch, 404, no_queue(q),
                        spec.Queue.Declare):
         send(ch, spec.Queue.Declare(queue=q, passive=True, nowait=True))
         sync(ch)
     ch = amqp.channel()
     x = uname("missing")
-    with channel_error(ch, 404, "NOT_FOUND - no exchange '%s' in vhost '/'" % x,
+    with channel_error(ch, 404, no_exchange(x),
                        spec.Exchange.Declare):
         send(ch, spec.Exchange.Declare(exchange=x, type="direct", passive=True,
                                        nowait=True))

@@ -5,14 +5,11 @@ import pytest
 from pika import spec
 
 from brokertest import (bodies, channel_error, connection_error, counts,
-                        publish, pump, settle, uname)
+                        expect_exchange_gone, no_exchange, publish, pump,
+                        settle, uname)
 
 DEFAULT_EXCHANGE_REFUSED = ("ACCESS_REFUSED - operation not permitted on the "
                             "default exchange")
-
-
-def no_exchange(name):
-    return "NOT_FOUND - no exchange '%s' in vhost '/'" % name
 
 
 def inequivalent(arg, name, received, current):
@@ -39,8 +36,7 @@ def test_declare_durable_and_auto_delete_flags(amqp, ch):
 
 def test_passive_declare_missing(amqp, ch):
     x = uname("missing")
-    with channel_error(ch, 404, no_exchange(x), spec.Exchange.Declare):
-        ch.exchange_declare(x, passive=True)
+    expect_exchange_gone(ch, x)
 
 
 def test_passive_declare_ignores_type(amqp, ch):
@@ -322,8 +318,7 @@ def test_auto_delete_exchange_lives_until_last_binding_goes(amqp, ch):
     ch.queue_unbind(q1, x, routing_key="a")
     ch.exchange_declare(x, passive=True)
     ch.queue_unbind(q2, x, routing_key="b")
-    with channel_error(ch, 404, no_exchange(x), spec.Exchange.Declare):
-        ch.exchange_declare(x, passive=True)
+    expect_exchange_gone(ch, x)
 
 
 def test_auto_delete_exchange_removed_when_bound_queue_deleted(amqp, ch):
@@ -331,8 +326,7 @@ def test_auto_delete_exchange_removed_when_bound_queue_deleted(amqp, ch):
     q = amqp.queue(ch)
     ch.queue_bind(q, x)
     ch.queue_delete(q)
-    with channel_error(ch, 404, no_exchange(x), spec.Exchange.Declare):
-        ch.exchange_declare(x, passive=True)
+    expect_exchange_gone(ch, x)
 
 
 def test_auto_delete_exchange_removed_after_exchange_unbind(amqp, ch):
@@ -340,5 +334,4 @@ def test_auto_delete_exchange_removed_after_exchange_unbind(amqp, ch):
     dst = amqp.exchange(ch, "fanout")
     ch.exchange_bind(destination=dst, source=src)
     ch.exchange_unbind(destination=dst, source=src)
-    with channel_error(ch, 404, no_exchange(src), spec.Exchange.Declare):
-        ch.exchange_declare(src, passive=True)
+    expect_exchange_gone(ch, src)

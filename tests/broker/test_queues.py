@@ -1,16 +1,11 @@
 """queue.declare/bind/unbind/purge/delete, exclusive and auto-delete queues."""
 
-import re
-
 import pytest
 from pika import spec
 
-from brokertest import (Collector, bodies, channel_error, counts, publish,
+from brokertest import (Collector, bodies, channel_error, counts,
+                        expect_queue_gone, no_exchange, no_queue, publish,
                         pump, settle, uname, wait_count)
-
-
-def no_queue(name):
-    return "NOT_FOUND - no queue '%s' in vhost '/'" % name
 
 
 def locked(name):
@@ -194,11 +189,8 @@ def test_exclusive_queue_deleted_with_its_connection(amqp):
     q = amqp.queue(ch, exclusive=True)
     gen = ch.queue_declare("", exclusive=True).method.queue
     conn.close()
-    other = amqp.channel()
-    for name in (q, gen):
-        with channel_error(other, 404, no_queue(name), spec.Queue.Declare):
-            other.queue_declare(name, passive=True)
-        other = amqp.channel()
+    expect_queue_gone(amqp.channel(), q)
+    expect_queue_gone(amqp.channel(), gen)
 
 
 def test_exclusive_queue_survives_its_channel_close(amqp):
@@ -226,8 +218,7 @@ def test_auto_delete_deleted_when_last_consumer_cancels(amqp, ch):
     ch.basic_cancel(t1)
     assert counts(other, q) == (0, 1)
     ch.basic_cancel(t2)
-    with channel_error(other, 404, no_queue(q), spec.Queue.Declare):
-        pump(ch.connection, lambda: counts(other, q) is None)
+    expect_queue_gone(other, q)
 
 
 def test_auto_delete_deleted_when_consumer_channel_closes(amqp, ch):
@@ -235,8 +226,7 @@ def test_auto_delete_deleted_when_consumer_channel_closes(amqp, ch):
     cch = amqp.channel()
     cch.basic_consume(q, Collector())
     cch.close()
-    with channel_error(ch, 404, no_queue(q), spec.Queue.Declare):
-        pump(ch.connection, lambda: counts(ch, q) is None)
+    expect_queue_gone(ch, q)
 
 
 def test_auto_delete_deleted_when_consumer_connection_closes(amqp, ch):
@@ -244,8 +234,7 @@ def test_auto_delete_deleted_when_consumer_connection_closes(amqp, ch):
     conn = amqp.connect()
     conn.channel().basic_consume(q, Collector())
     conn.close()
-    with channel_error(ch, 404, no_queue(q), spec.Queue.Declare):
-        pump(ch.connection, lambda: counts(ch, q) is None)
+    expect_queue_gone(ch, q)
 
 
 # ------------------------------------------------------------ bind/unbind
@@ -279,8 +268,7 @@ def test_bind_missing_queue(amqp, ch):
 def test_bind_missing_exchange(amqp, ch):
     q = amqp.queue(ch)
     x = uname("missing")
-    with channel_error(ch, 404, "NOT_FOUND - no exchange '%s' in vhost '/'" % x,
-                       spec.Queue.Bind):
+    with channel_error(ch, 404, no_exchange(x), spec.Queue.Bind):
         ch.queue_bind(q, x, routing_key="k")
 
 

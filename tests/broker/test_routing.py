@@ -152,10 +152,7 @@ def test_predeclared_exchanges(amqp, ch, x, xtype):
         publish(ch, x, key, b"hit")
         publish(ch, x, key + "x", b"miss")
     assert bodies(ch, q) == [b"hit"]
-    ch.queue_unbind(q, x, routing_key=key if xtype in ("direct",) else
-                    (key + ".#" if xtype == "topic" else ""),
-                    arguments={"x-match": "all", "id": key}
-                    if xtype == "headers" else None)
+    # the binding goes with the queue at teardown
 
 
 def test_default_exchange_routes_by_queue_name(amqp, ch):
