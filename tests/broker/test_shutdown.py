@@ -1,10 +1,10 @@
-import pytest
 """Tests that run their own broker process: clean shutdown on SIGTERM and
 durable state across a restart. Skipped with AMQP_EXTERNAL."""
 
 import signal
 
 import pika
+import pytest
 from pika import spec
 
 from brokertest import (Collector, CloseRecorder, channel_error,
