@@ -20,8 +20,10 @@ SRV_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRV_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all run test unit broker-tests interop-tests asan deps deps-test clean help
-all: deps $(BUILD)/warren
+.PHONY: all run test unit asan deps deps-test clean help
+# Packages first, then the build: a parallel make must not compile before they are there.
+all: deps
+	@$(MAKE) --no-print-directory $(BUILD)/warren
 
 help:
 	@echo "make            build build/warren (installs missing Debian packages)"
@@ -65,15 +67,17 @@ $(BUILD)/interop/%: interop/%.c
 run: all
 	$(BUILD)/warren $(ARGS)
 
-unit: deps deps-test $(UNIT_BIN)
+unit: deps-test
+	@$(MAKE) --no-print-directory $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 asan: deps
-	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 build/asan/warren
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 OPT=-O1 build/asan/warren
 
 INTEROP_BIN := $(patsubst interop/%.c,$(BUILD)/interop/%,$(wildcard interop/*.c))
 
-test: deps deps-test all $(UNIT_BIN) $(INTEROP_BIN) asan
+test: deps-test
+	@$(MAKE) --no-print-directory $(BUILD)/warren $(UNIT_BIN) $(INTEROP_BIN) asan
 	tests/run-all.sh
 
 clean:

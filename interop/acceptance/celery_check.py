@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""Acceptance check: a Celery worker (Debian python3-celery) against the broker.
+
+Usage: celery_check.py [AMQP_URL | PORT]
+The broker URL comes from the first argument (a full URL or a bare port number),
+else from $AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/.
+The broker must already be running. This script starts and stops its own Celery
+worker (python3 -m celery -A celery_app worker --pool=solo), sends 20 tasks with
+delay(), waits for each result through the rpc:// result backend, checks from the
+side-effect file that each task ran exactly once, then stops the worker with SIGTERM
+(warm shutdown) and checks that it exited cleanly.
+Set ACC_BACKEND=none to run without a result backend (only the file is checked).
+Exit status 0 only if every check passed.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+
+N_TASKS = 20
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def broker_url():
+    arg = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    return f"amqp://guest:guest@127.0.0.1:{arg}//" if arg.isdigit() else arg
+
+
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="acc-celery-")
+    os.environ.update(ACC_BROKER=broker_url(), ACC_OUT=os.path.join(tmp, "ran.txt"),
+                      ACC_QUEUE=f"acc_celery_{os.getpid()}")
+    os.environ.setdefault("ACC_BACKEND", "rpc://")
+    worker_log = os.path.join(tmp, "worker.log")
+    print(f"broker: {os.environ['ACC_BROKER']}  backend: {os.environ['ACC_BACKEND']}  "
+          f"queue: {os.environ['ACC_QUEUE']}")
+    print(f"worker log: {worker_log}")
+
+    sys.path.insert(0, HERE)
+    import celery
+    import kombu
+    from celery_app import app, record
+    print(f"celery {celery.__version__}, kombu {kombu.__version__}")
+
+    cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+           "--pool=solo", "--loglevel=info", "-n", f"acc{os.getpid()}@%h"]
+    print("starting:", " ".join(cmd))
+    with open(worker_log, "w") as log:
+        worker = subprocess.Popen(cmd, cwd=HERE, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready = wait_for(lambda: "ready." in open(worker_log).read()
+                         or worker.poll() is not None, 15)
+        check(ready and worker.poll() is None, "worker started and logged 'ready.'")
+
+        results = [record.delay(i) for i in range(N_TASKS)]
+        print(f"sent {N_TASKS} tasks with record.delay(i)")
+        if os.environ["ACC_BACKEND"] != "none":
+            values = []
+            for r in results:
+                try:
+                    values.append(r.get(timeout=10))
+                except Exception as e:
+                    values.append(repr(e))
+                    break
+            check(values == [i * i for i in range(N_TASKS)],
+                  f"every result arrived through {os.environ['ACC_BACKEND']}: {values}")
+        wait_for(lambda: len(read_lines(os.environ["ACC_OUT"])) >= N_TASKS, 10)
+        time.sleep(0.5)                        # let a duplicate show up, if any
+        ran = Counter(read_lines(os.environ["ACC_OUT"]))
+        check(ran == Counter(str(i) for i in range(N_TASKS)),
+              f"each of the {N_TASKS} tasks ran exactly once "
+              f"(runs per task: {dict(sorted(ran.items(), key=lambda kv: int(kv[0])))})")
+    finally:
+        worker.send_signal(signal.SIGTERM)     # warm shutdown
+        try:
+            rc = worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            rc = worker.wait()
+        check(rc == 0, f"worker stopped cleanly on SIGTERM (exit status {rc})")
+        with app.connection_for_write() as conn:     # remove this run's task queue
+            conn.default_channel.queue_delete(os.environ["ACC_QUEUE"])
+        app.close()
+
+    ran = Counter(read_lines(os.environ["ACC_OUT"]))
+    check(all(v == 1 for v in ran.values()) and len(ran) == N_TASKS,
+          "still exactly one run per task after the worker stopped")
+    text = open(worker_log).read()
+    bad = [l for l in text.splitlines() if "ERROR" in l or "CRITICAL" in l or "Traceback" in l]
+    check(not bad, f"worker log has no ERROR/CRITICAL/Traceback lines {bad[:3]}")
+    print("worker log (selected lines):")
+    for line in text.splitlines():
+        if any(k in line for k in ("Connected to", "ready.", "WARNING", "ERROR",
+                                   "CRITICAL", "mingle", "Error", "restoring")):
+            print("   ", line.strip()[:200])
+    print(f"    ... {text.count('succeeded in')} 'Task celery_app.record[...] succeeded' lines")
+    print(f"RESULT: {'PASS' if not failures else 'FAIL'} "
+          f"({len(failures)} failed check(s))")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
