@@ -174,6 +174,7 @@ void broker_free(struct broker *b)
     }
     on_dispatch(-1, 0, b);
     vhost_free(&b->vhost);
+    route_result_free(&b->route);
     if (b->listener)
         evconnlistener_free(b->listener);
     if (b->dispatch_ev)

@@ -8,6 +8,7 @@
 
 #include "amqp/bytes.h"
 #include "server/config.h"
+#include "server/exchange.h"
 
 struct event_base;
 struct event;
@@ -25,6 +26,7 @@ struct broker {
     unsigned nconns;
     uint64_t next_message_id;
     uint64_t route_gen;           /* routing dedup marks */
+    struct route_result route;    /* reused by every publish */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
     struct event *dispatch_ev;
     struct event *sigint_ev, *sigterm_ev, *stop_ev;

@@ -103,14 +103,14 @@ static void route_message(struct channel *ch, struct message *msg, bool mandator
 {
     struct vhost *vh = ch->conn->vh;
     struct exchange *x = vhost_exchange(vh, message_exchange(msg));
-    struct route_result r = { 0 };
+    struct route_result *r = &ch->conn->b->route;
+    r->n = 0;
     if (x)
-        exchange_route(x, message_rkey(msg), message_headers(msg), &r);
-    if (r.n == 0 && mandatory)
+        exchange_route(x, message_rkey(msg), message_headers(msg), r);
+    if (r->n == 0 && mandatory)
         send_return(ch, msg);
-    for (size_t i = 0; i < r.n; i++)
-        queue_publish(r.queues[i], msg);
-    route_result_free(&r);
+    for (size_t i = 0; i < r->n; i++)
+        queue_publish(r->queues[i], msg);
     message_unref(&msg);
 }
 

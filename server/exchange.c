@@ -46,14 +46,13 @@ void exchange_free(struct exchange **xp)
 void route_result_free(struct route_result *r)
 {
     free(r->queues);
+    free(r->pending);
     memset(r, 0, sizeof *r);
 }
 
 struct route_ctx {
     struct route_result *out;
     uint64_t gen;
-    struct exchange **pending; /* exchanges reached through e2e bindings, still to route */
-    size_t npending, cap;
     size_t matched;            /* bindings matched by the exchange being routed */
 };
 
@@ -75,11 +74,12 @@ static void add_exchange(struct route_ctx *rc, struct exchange *x)
     if (x->route_mark == rc->gen)
         return;
     x->route_mark = rc->gen;
-    if (rc->npending == rc->cap) {
-        rc->cap = rc->cap ? rc->cap * 2 : 4;
-        rc->pending = xrealloc(rc->pending, rc->cap * sizeof *rc->pending);
+    struct route_result *r = rc->out;
+    if (r->npending == r->pending_cap) {
+        r->pending_cap = r->pending_cap ? r->pending_cap * 2 : 4;
+        r->pending = xrealloc(r->pending, r->pending_cap * sizeof *r->pending);
     }
-    rc->pending[rc->npending++] = x;
+    r->pending[r->npending++] = x;
 }
 
 static void emit(void *ctx, struct xbinding *xb)
@@ -96,11 +96,12 @@ static void emit(void *ctx, struct xbinding *xb)
 void exchange_route(struct exchange *x, amqp_bytes rkey, amqp_bytes headers, struct route_result *out)
 {
     out->n = 0;
+    out->npending = 0;
     struct broker *b = x->vh->broker;
     struct route_ctx rc = { .out = out, .gen = ++b->route_gen };
     add_exchange(&rc, x);
-    for (size_t i = 0; i < rc.npending; i++) {
-        struct exchange *cur = rc.pending[i];
+    for (size_t i = 0; i < out->npending; i++) {
+        struct exchange *cur = out->pending[i];
         rc.matched = 0;
         if (cur->is_default) {
             struct queue *q = vhost_queue(cur->vh, rkey);
@@ -117,7 +118,6 @@ void exchange_route(struct exchange *x, amqp_bytes rkey, amqp_bytes headers, str
                 add_exchange(&rc, ae);
         }
     }
-    free(rc.pending);
 }
 
 struct binding *binding_find(struct exchange *source, void *dest, amqp_bytes key, amqp_bytes args)

@@ -48,9 +48,13 @@ struct exchange *exchange_new(struct vhost *vh, amqp_bytes name, const struct xt
 /* Frees an exchange that has no bindings left. */
 void exchange_free(struct exchange **xp);
 
+/* Where exchange_route collects queues; kept and reused by its owner so that routing a
+ * message allocates nothing once the arrays have grown. */
 struct route_result {
     struct queue **queues;
     size_t n, cap;
+    struct exchange **pending; /* exchanges still to route through (e2e, alternate) */
+    size_t npending, pending_cap;
 };
 void route_result_free(struct route_result *r);
 
