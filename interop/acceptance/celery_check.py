@@ -9,7 +9,8 @@ worker (python3 -m celery -A celery_app worker --pool=solo), sends 20 tasks with
 delay(), waits for each result through the rpc:// result backend, checks from the
 side-effect file that each task ran exactly once, then stops the worker with SIGTERM
 (warm shutdown) and checks that it exited cleanly.
-Set ACC_BACKEND=none to run without a result backend (only the file is checked).
+Set ACC_BACKEND=none to run without a result backend (only the file is checked), and
+ACC_POOL=prefork to run the worker with --pool=prefork --concurrency=2.
 Exit status 0 only if every check passed.
 """
 import os
@@ -72,8 +73,10 @@ def main():
     from celery_app import app, record
     print(f"celery {celery.__version__}, kombu {kombu.__version__}")
 
-    cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
-           "--pool=solo", "--loglevel=info", "-n", f"acc{os.getpid()}@%h"]
+    pool = ["--pool=solo"] if os.environ.get("ACC_POOL", "solo") == "solo" else \
+        ["--pool=prefork", "--concurrency=2"]
+    cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", *pool,
+           "--loglevel=info", "-n", f"acc{os.getpid()}@%h"]
     print("starting:", " ".join(cmd))
     with open(worker_log, "w") as log:
         worker = subprocess.Popen(cmd, cwd=HERE, stdout=log, stderr=subprocess.STDOUT)

@@ -13,7 +13,6 @@
 #include "amqp/table.h"
 #include "exchanges/xtype.h"
 
-#define MAX_HITS 256
 #define MAX_TABLES 512
 
 /* Tables built by tbl(), freed after each test. */
@@ -74,22 +73,7 @@ static amqp_bytes tbl(const char *spec)
     return amqp_bytes_of(b->data, b->len);
 }
 
-struct rec {
-    const char *dest[MAX_HITS];
-    size_t n;
-};
-
-static void rec_emit(void *ctx, struct xbinding *b)
-{
-    struct rec *r = ctx;
-    assert_true(r->n < MAX_HITS);
-    r->dest[r->n++] = b->dest;
-}
-
-static int str_cmp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
+#include "route_recorder.h"
 
 static const char *route_t(void *idx, amqp_bytes headers)
 {

@@ -12,25 +12,8 @@
 #include "exchanges/xpriv.h"
 #include "exchanges/xtype.h"
 
-#define MAX_HITS 256
 
-/* Collects the destinations (C strings) of the emitted bindings. */
-struct rec {
-    const char *dest[MAX_HITS];
-    size_t n;
-};
-
-static void rec_emit(void *ctx, struct xbinding *b)
-{
-    struct rec *r = ctx;
-    assert_true(r->n < MAX_HITS);
-    r->dest[r->n++] = b->dest;
-}
-
-static int str_cmp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
+#include "route_recorder.h"
 
 /* Routes key and returns the sorted destinations joined by ',' (static buffer). */
 static const char *route(void *idx, const char *key)
