@@ -67,6 +67,16 @@ $(BUILD)/interop/%: interop/%.c
 run: all
 	$(BUILD)/warren $(ARGS)
 
+.PHONY: bench
+$(BUILD)/warren-bench: tools/warren-bench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lrabbitmq -lpthread
+
+bench: all
+	@tools/install-deps.sh bench
+	@$(MAKE) --no-print-directory $(BUILD)/warren-bench
+	SCEN="$(SCEN)" RUNS="$(RUNS)" WARREN_BIN=$(BUILD)/warren BENCH_BIN=$(BUILD)/warren-bench tools/bench.sh
+
 unit: deps-test
 	@$(MAKE) --no-print-directory $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done

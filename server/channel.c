@@ -193,6 +193,12 @@ void channel_handle_header(struct channel *ch, const uint8_t *p, size_t len)
         conn_error(ch->conn, AMQP_SYNTAX_ERROR, AMQP_BASIC_PUBLISH, "malformed content header properties");
         return;
     }
+    if ((pr.flags & AMQP_PROP_USER_ID) && !amqp_bytes_eq_cstr(pr.user_id, ch->conn->user)) {
+        channel_error(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH,
+                      "user_id property set to '%.*s' but authenticated user was '%s'", STR(pr.user_id),
+                      ch->conn->user);
+        return;
+    }
     struct broker *b = ch->conn->b;
     ch->pub_msg = message_new(++b->next_message_id, amqp_bytes_of(ch->pub_exchange, ch->pub_exchange_len),
                               amqp_bytes_of(ch->pub_rkey, ch->pub_rkey_len), props, props_len, &pr, body_size);

@@ -333,11 +333,23 @@ static bool client_capability(amqp_bytes client_props, const char *name)
     return table_get(caps.v.bytes, name, &v) == 1 && v.type == 't' && v.v.i;
 }
 
+/* kombu (Celery's transport, on py-amqp) sends basic.qos with global=true only to a server
+ * whose product is "RabbitMQ"; to any other it sends global=false meaning, as the 0-9-1
+ * spec has it, the whole channel, and raises that limit later for consumers it already has.
+ * So for py-amqp clients global=false is read as RabbitMQ's channel-wide global=true. */
+static bool expects_spec_qos(amqp_bytes client_props)
+{
+    struct field_value v;
+    return table_get(client_props, "product", &v) == 1 && (v.type == 'S' || v.type == 'x') &&
+           amqp_bytes_eq_cstr(v.v.bytes, "py-amqp");
+}
+
 static void handle_start_ok(struct connection *c, const struct amqp_connection_start_ok *so)
 {
     c->cap_cancel_notify = client_capability(so->client_properties, "consumer_cancel_notify");
     c->cap_blocked = client_capability(so->client_properties, "connection.blocked");
     c->cap_auth_failure_close = client_capability(so->client_properties, "authentication_failure_close");
+    c->qos_spec_semantics = expects_spec_qos(so->client_properties);
     char mech[32];
     snprintf(mech, sizeof mech, "%.*s", (int)(so->mechanism.len < 31 ? so->mechanism.len : 31),
              (const char *)so->mechanism.ptr);

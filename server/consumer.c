@@ -258,7 +258,7 @@ static void basic_qos(struct channel *ch, const struct amqp_basic_qos *qos)
         conn_error(ch->conn, AMQP_NOT_IMPLEMENTED, AMQP_BASIC_QOS, "prefetch_size!=0 (%u)", qos->prefetch_size);
         return;
     }
-    if (qos->global)
+    if (qos->global || ch->conn->qos_spec_semantics)
         ch->prefetch_global = qos->prefetch_count;
     else
         ch->prefetch_consumer = qos->prefetch_count;

@@ -130,6 +130,7 @@ def part2(queue):
     print(f"-- part 2: worker A holds its one unacked message, worker B drains the rest")
     pub = connect()
     pch = pub.channel()
+    pch.confirm_delivery()     # so the queue holds them all before the passive declare
     for i in range(PART2_MSGS):
         pch.basic_publish("", queue, f"job-{i:02d}".encode())
     ok = pch.queue_declare(queue, passive=True)

@@ -274,6 +274,13 @@ class Amqp:
         self._conns.append(conn)
         return conn
 
+    def is_rabbitmq(self):
+        """True when the broker under test is RabbitMQ (AMQP_EXTERNAL runs)."""
+        product = self.conn._impl.server_properties.get("product")
+        if isinstance(product, bytes):
+            product = product.decode()
+        return product == "RabbitMQ"
+
     @property
     def conn(self):
         """The default connection of this test (reopened if it was closed)."""

@@ -755,3 +755,35 @@ def test_nowait_declare_and_bind(amqp, ch):
     send(ch, spec.Queue.Bind(queue=q, exchange=x, nowait=True))
     publish(ch, x, "", b"nowait")
     assert bodies(ch, q) == [b"nowait"]
+
+
+def test_qos_spec_semantics_for_py_amqp_clients(amqp):
+    # kombu (Celery) on py-amqp sends global=false to non-RabbitMQ servers and
+    # raises the limit for its existing consumer while it holds ETA tasks; the
+    # raise must take effect or the worker stalls (found with a Celery worker).
+    if amqp.is_rabbitmq():
+        pytest.skip("RabbitMQ gets global=true from kombu; Warren-only rule")
+    conn = amqp.connect(client_properties={"product": "py-amqp"})
+    ch = conn.channel()
+    q = amqp.queue(ch)
+    fill(ch, q, 10)
+    ch.basic_qos(prefetch_count=4)
+    _, got = consume(ch, q)
+    assert pump(conn, lambda: len(got) == 4)
+    settle(conn, 0.2)
+    assert len(got) == 4
+    ch.basic_qos(prefetch_count=7)
+    assert pump(conn, lambda: len(got) == 7)
+    settle(conn, 0.2)
+    assert len(got) == 7
+
+
+def test_user_id_must_match_the_authenticated_user(amqp, ch):
+    q = amqp.queue(ch)
+    with channel_error(ch, 406, "PRECONDITION_FAILED - user_id property set to "
+                       "'mallory' but authenticated user was 'guest'",
+                       spec.Basic.Publish):
+        publish(ch, "", q, b"forged", user_id="mallory")
+        sync(ch)
+    ch2 = amqp.channel()
+    assert counts(ch2, q) == (0, 0)
