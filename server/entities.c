@@ -251,15 +251,21 @@ static void remember_queue(struct channel *ch, amqp_bytes name)
     ch->last_queue_len = (uint8_t)name.len;
 }
 
-static bool locked_out(struct channel *ch, struct queue *q, uint32_t mid)
+static void raise_locked(struct channel *ch, struct queue *q, uint32_t mid)
 {
-    if (!q->exclusive || q->owner == ch->conn)
-        return false;
     channel_error(ch, AMQP_RESOURCE_LOCKED, mid,
                   "cannot obtain exclusive access to locked queue '%.*s' in vhost '%s'. It could be originally "
                   "declared on another connection or the exclusive property value does not match that of the "
                   "original declaration.",
                   (int)q->name_len, q->name, ch->conn->vh->name);
+}
+
+/* Exclusive queues may be used by their own connection only (checked before anything else). */
+static bool locked_out(struct channel *ch, struct queue *q, uint32_t mid)
+{
+    if (!q->exclusive || q->owner == ch->conn)
+        return false;
+    raise_locked(ch, q, mid);
     return true;
 }
 
@@ -319,7 +325,7 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
         if (locked_out(ch, q, mid))
             return;
         if (d->exclusive && !q->exclusive) {
-            locked_out(ch, &(struct queue){ .exclusive = true, .name = q->name, .name_len = q->name_len }, mid);
+            raise_locked(ch, q, mid);
             return;
         }
         if (!flag_equivalent(ch, mid, "queue", name, "durable", q->durable, d->durable) ||

@@ -117,6 +117,10 @@ warren_stop() {
   kill -0 "$BPID" 2>/dev/null && { log "bench: Warren ignored SIGTERM; killing pid $BPID"; kill -KILL "$BPID" 2>/dev/null; }
   wait "$BPID" 2>/dev/null
   BPID=""
+  if [ -s "$WORK/warren.log" ]; then # keep what Warren said in the log
+    { echo "### Warren's log"; cat "$WORK/warren.log"; } >>"$LOG"
+    : >"$WORK/warren.log"
+  fi
 }
 
 rabbit_launch() { # launches RabbitMQ on BPORT with RBASE (kept as it is); sets BPID
@@ -237,7 +241,7 @@ run_s8() {
   n=$(scaled 1000000)
   prefix="wbench-s8-$$-$r"
   bench_run "$b" S8-publish "$r" --broker-pid "$BPID" --queue-prefix "$prefix" --count "$n" \
-    --size 1024 --persistent --confirm 1000 --phase publish --quiet
+    --size 1024 --persistent --confirm 1000 --phase publish
   pub=$LAST
   t0=$(date +%s.%N)
   broker_stop
@@ -247,7 +251,7 @@ run_s8() {
   if [ "$b" = warren ]; then BKIND=warren; warren_launch; else BKIND=rabbitmq; rabbit_launch; fi
   t2=$(date +%s.%N)
   bench_run "$b" S8-drain "$r" --queue-prefix "$prefix" --count "$n" --persistent --phase consume \
-    --prefetch 1000 --ack 100 --connect-retry 120 --quiet
+    --prefetch 1000 --ack 100 --connect-retry 120
   drain=$LAST
   # first_delivery_s counts from warren-bench's start; add the time since the launch.
   restart_s=$(awk -v a="$t1" -v b="$t2" -v f="$(field first_delivery_s "$drain")" \
@@ -270,7 +274,7 @@ run_s8() {
 
 run_scenario() { # run_scenario SCEN BROKER RUN
   local s=$1 b=$2 r=$3
-  local common=(--broker-pid "$BPID" --quiet)
+  local common=(--broker-pid "$BPID")
   case $s in
     S1) bench_run "$b" S1 "$r" "${common[@]}" --count "$(scaled 500000)" --size 16 ;;
     S2) bench_run "$b" S2 "$r" "${common[@]}" --count "$(scaled 300000)" --size 1024 --prefetch 1000 --ack 100 ;;

@@ -1209,6 +1209,21 @@ static void parse_options(int argc, char **argv) {
 
 static void on_signal(int sig) { g_signal = sig; }
 
+/* Starts a worker thread with SIGINT and SIGTERM blocked, so that only the main
+ * thread takes them. Returns true if the thread runs. */
+static bool spawn(pthread_t *th, void *(*fn)(void *), void *arg) {
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  int rc = pthread_create(th, NULL, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0)
+    fprintf(stderr, "warren-bench: pthread_create: %s\n", strerror(rc));
+  return rc == 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
@@ -1250,13 +1265,6 @@ int main(int argc, char **argv) {
     g_prod[i].target = cfg.count ? per + ((uint64_t)i < rest) : UINT64_MAX;
   }
 
-  /* Worker threads never take SIGINT/SIGTERM: only the main thread does. */
-  sigset_t block, old;
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
-
   int64_t deadline = g_t0 + (int64_t)(cfg.timeout * 1e9);
   amqp_connection_state_t admin = bench_connect(err, sizeof err);
   if (!admin) {
@@ -1292,7 +1300,7 @@ int main(int argc, char **argv) {
    * subscribed, so that no message waits for a consumer that is on its way. */
   if (topology_ok && g_ncons > 0 && !cfg.consume_after) {
     for (int i = 0; i < g_ncons; i++)
-      if (pthread_create(&g_cons[i].th, NULL, consumer_main, &g_cons[i]) == 0)
+      if (spawn(&g_cons[i].th, consumer_main, &g_cons[i]))
         nstarted_cons++;
     pthread_mutex_lock(&g_gate_mu);
     for (;;) {
@@ -1327,7 +1335,7 @@ int main(int argc, char **argv) {
       t_con_start = now_ns();
   } else if (topology_ok && !atomic_load(&g_stop)) {
     for (int i = 0; i < cfg.producers; i++)
-      if (pthread_create(&g_prod[i].th, NULL, producer_main, &g_prod[i]) == 0)
+      if (spawn(&g_prod[i].th, producer_main, &g_prod[i]))
         nstarted_prod++;
     pthread_mutex_lock(&g_gate_mu);
     for (;;) {
@@ -1397,7 +1405,7 @@ int main(int argc, char **argv) {
       if (cfg.consume_after && g_ncons > 0 && !atomic_load(&g_stop)) {
         t_con_start = now_ns();
         for (int i = 0; i < g_ncons; i++)
-          if (pthread_create(&g_cons[i].th, NULL, consumer_main, &g_cons[i]) == 0)
+          if (spawn(&g_cons[i].th, consumer_main, &g_cons[i]))
             nstarted_cons++;
         continue;
       }
@@ -1428,11 +1436,10 @@ int main(int argc, char **argv) {
       last_recv = r;
     }
   }
-  if (cfg.broker_pid > 0) {
+  /* Peak RSS is sampled every 50 ms, not read from VmHWM: that covers the
+   * broker's whole life, not this run. */
+  if (cfg.broker_pid > 0)
     bs.cpu1 = proc_cpu(cfg.broker_pid);
-    long hwm = proc_status_kb(cfg.broker_pid, "VmHWM");
-    (void)hwm; /* VmHWM covers the broker's whole life, not this run: not used */
-  }
 
   /* Collect the threads; after a stop give them a few seconds (every wait of
    * theirs is bounded by POLL_MS or an RPC timeout) and report without the
@@ -1582,9 +1589,13 @@ int main(int argc, char **argv) {
   fmt_rate(r1, sizeof r1, pub_rate);
   fmt_rate(r2, sizeof r2, con_rate);
   printf("warren-bench %s against %s (%s:%d)\n", cfg.scenario, cfg.broker, cfg.host, cfg.port);
-  printf("  workload      %d producer(s), %d consumer(s), %d queue(s)%s, %zu B bodies%s%s\n",
-         cfg.producers, cfg.consumers, cfg.queues, cfg.fanout ? " behind a fanout exchange" : "",
-         cfg.size, cfg.persistent ? ", persistent" : "", cfg.consume_after ? ", consumers attach after publishing" : "");
+  char sizebuf[48] = "";
+  if (cfg.phase != PHASE_CONSUME)
+    snprintf(sizebuf, sizeof sizebuf, ", %zu B bodies", cfg.size);
+  printf("  workload      %d producer(s), %d consumer(s), %d queue(s)%s%s%s%s\n", cfg.producers,
+         cfg.consumers, cfg.queues, cfg.fanout ? " behind a fanout exchange" : "", sizebuf,
+         cfg.persistent ? ", persistent" : "",
+         cfg.consume_after ? ", consumers attach after publishing" : "");
   if (cfg.phase != PHASE_CONSUME)
     printf("  published     %" PRIu64 " in %.2f s: %s msg/s%s%s\n", sent, secs(pub_ns), r1,
            cfg.rate > 0 ? " (paced)" : "", cfg.confirm ? " (all confirmed)" : "");

@@ -122,7 +122,7 @@ def check_cell(rows):
     lost = sum(int(num(r.get("lost")) or 0) for r in rows)
     dup = sum(int(num(r.get("dup")) or 0) for r in rows)
     if not bad:
-        return "0 / 0"
+        return "0 / 0" if any("lost" in r for r in rows) else "ok"
     why = []
     if lost or dup:
         why.append("lost %d, dup %d" % (lost, dup))
