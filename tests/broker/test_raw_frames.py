@@ -20,7 +20,7 @@ from rawamqp import (
     FRAME_METHOD, HEARTBEAT_FRAME, PROTOCOL_HEADER, QUEUE_DECLARE,
     Closed, RawConn, Timeout, args_basic_publish, args_channel_open,
     args_queue_declare, bits, body_frame, header_frame,
-    long_, method_frame, method_payload, short, shortstr,
+    long_, longstr, method_frame, method_payload, short, shortstr,
 )
 
 FRAME_ERROR, COMMAND_INVALID, CHANNEL_ERROR = 501, 503, 504
@@ -734,3 +734,16 @@ def test_channel_close_crossing_channel_close(broker):
     finally:
         c.close()
     assert_broker_serves(broker)
+
+
+def test_update_secret_is_answered_and_connection_keeps_working(broker):
+    # connection.update-secret (10/70) with a new secret and a reason: the broker
+    # answers update-secret-ok (10/71) and the connection stays usable.
+    c = opened(broker, channel=1)
+    try:
+        c.send_method(0, (10, 70), longstr(b"new-secret") + shortstr(b"rotation"))
+        c.expect_method(0, (10, 71))
+        c.send_method(1, QUEUE_DECLARE, args_queue_declare(qname("after-secret")))
+        c.expect_method(1, (50, 11))
+    finally:
+        c.close()
