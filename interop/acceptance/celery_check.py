@@ -24,25 +24,14 @@ import tempfile
 import time
 from collections import Counter
 
+from acceptance import broker_url, check, failures
+
 N_TASKS = 20
 N_ETA, ETA_S = 20, 10            # tasks with a countdown, held unacked by the worker
 N_AFTER, AFTER_LIMIT_S = 5, 5    # ordinary tasks sent after them, and how long they may take
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def broker_url():
-    arg = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    return f"amqp://guest:guest@127.0.0.1:{arg}//" if arg.isdigit() else arg
-
-
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
 
 
 def read_lines(path):
@@ -65,7 +54,7 @@ def wait_for(pred, timeout):
 def main():
     tmp = tempfile.mkdtemp(prefix="acc-celery-")
     out = os.path.join(tmp, "ran.txt")
-    os.environ.update(ACC_BROKER=broker_url(), ACC_OUT=out,
+    os.environ.update(ACC_BROKER=broker_url("//"), ACC_OUT=out,
                       ACC_QUEUE=f"acc_celery_{os.getpid()}")
     os.environ.setdefault("ACC_BACKEND", "rpc://")
     worker_log = os.path.join(tmp, "worker.log")

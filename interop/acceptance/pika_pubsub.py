@@ -21,31 +21,15 @@ import time
 import uuid
 
 import pika
+
+from acceptance import broker_url, check, failures, start_watchdog
 import pika.exceptions
 
 DEADLINE_S = 30
 
 
-def broker_url():
-    arg = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    return f"amqp://guest:guest@127.0.0.1:{arg}/" if arg.isdigit() else arg
-
-
 URL = broker_url()
 TAG = os.getpid()
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-def watchdog():
-    print(f"FAIL overall deadline of {DEADLINE_S}s exceeded", flush=True)
-    os._exit(2)
 
 
 def connect():
@@ -182,9 +166,7 @@ def rpc(ch, conn):
 
 
 def main():
-    timer = threading.Timer(DEADLINE_S, watchdog)
-    timer.daemon = True
-    timer.start()
+    start_watchdog(DEADLINE_S)
     print(f"broker: {URL}  pika {pika.__version__}")
     conn = connect()
     ch = conn.channel()

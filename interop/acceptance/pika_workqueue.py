@@ -23,30 +23,14 @@ from collections import Counter
 
 import pika
 
+from acceptance import broker_url, check, failures, start_watchdog
+
 N_TASKS = 200
 PART2_MSGS = 10
 DEADLINE_S = 30
 
 
-def broker_url():
-    arg = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    return f"amqp://guest:guest@127.0.0.1:{arg}/" if arg.isdigit() else arg
-
-
 URL = broker_url()
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-def watchdog():
-    print(f"FAIL overall deadline of {DEADLINE_S}s exceeded", flush=True)
-    os._exit(2)
 
 
 def connect():
@@ -189,9 +173,7 @@ def part2(queue):
 
 
 def main():
-    timer = threading.Timer(DEADLINE_S, watchdog)
-    timer.daemon = True
-    timer.start()
+    start_watchdog(DEADLINE_S)
     print(f"broker: {URL}  pika {pika.__version__}")
     queue = f"acc.workqueue.{os.getpid()}"
     conn = connect()
