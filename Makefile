@@ -87,7 +87,7 @@ asan: deps
 INTEROP_BIN := $(patsubst interop/%.c,$(BUILD)/interop/%,$(wildcard interop/*.c))
 
 test: deps-test
-	@$(MAKE) --no-print-directory $(BUILD)/warren $(UNIT_BIN) $(INTEROP_BIN) asan
+	@$(MAKE) --no-print-directory $(BUILD)/warren $(BUILD)/warren-bench $(UNIT_BIN) $(INTEROP_BIN) asan
 	tests/run-all.sh
 
 clean:

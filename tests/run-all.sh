@@ -31,6 +31,9 @@ run_suite "broker tests (ASan/UBSan build/asan/warren)" env WARREN_BIN=build/asa
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
   $PY -m pytest -q -p no:cacheprovider tests/broker
 
+# Functional smoke run of the load generator: lost=0 and dup=0 only, no timing checks.
+run_suite "warren-bench smoke (build/warren)" tools/bench/smoke.sh build/warren build/warren-bench
+
 echo
 [ ${#failures[@]} -gt 0 ] && printf 'failed suite: %s\n' "${failures[@]}"
 echo "suites: $passed passed, $failed failed"

@@ -182,8 +182,13 @@ rabbit_stop() {
 broker_start() { if [ "$1" = warren ]; then warren_start; else rabbit_start; fi; }
 broker_stop() { if [ "$BKIND" = warren ]; then warren_stop; else rabbit_stop; fi; }
 
+BENCH_CHILD=""
 cleanup() {
   trap - EXIT INT TERM
+  if [ -n "$BENCH_CHILD" ]; then # warren-bench reports and exits on SIGTERM
+    kill -TERM "$BENCH_CHILD" 2>/dev/null
+    wait "$BENCH_CHILD" 2>/dev/null
+  fi
   broker_stop
   rm -rf "$WORK"
 }
@@ -199,9 +204,14 @@ bench_run() {
   shift 3
   local out rc
   echo "### $s $b run $r: warren-bench $*" >>"$LOG"
-  out=$(timeout --kill-after=10 $((TMO + 60)) "$BENCH" --host 127.0.0.1 --port "$BPORT" \
-        --broker "$b" --scenario "$s" --timeout "$TMO" "$@" 2>>"$LOG")
+  # In the background with `wait`, so that a signal to this script is handled at once.
+  timeout --kill-after=10 $((TMO + 60)) "$BENCH" --host 127.0.0.1 --port "$BPORT" \
+    --broker "$b" --scenario "$s" --timeout "$TMO" "$@" >"$WORK/bench.out" 2>>"$LOG" &
+  BENCH_CHILD=$!
+  wait "$BENCH_CHILD"
   rc=$?
+  BENCH_CHILD=""
+  out=$(cat "$WORK/bench.out")
   echo "$out" >>"$LOG"
   LAST=$(grep '^RESULT ' <<<"$out" | tail -1)
   [ -n "$LAST" ] || LAST="RESULT scenario=$s broker=$b status=fail errors=1 note=no_result"

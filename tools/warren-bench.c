@@ -1567,9 +1567,15 @@ int main(int argc, char **argv) {
     leftover += g_queues[q].leftover;
 
   int64_t pub_ns = t_pub_end > t_pub_start ? t_pub_end - t_pub_start : 0;
-  int64_t con_from = t_con_start > t_pub_start ? t_con_start : t_pub_start;
-  if (cfg.phase == PHASE_CONSUME)
+  /* Consuming starts with publishing, or, for consumers that attach to a backlog,
+   * when the first of them is subscribed. */
+  int64_t con_from = t_pub_start;
+  if (cfg.phase == PHASE_CONSUME || cfg.consume_after) {
     con_from = t_con_start;
+    for (int i = 0; i < nstarted_cons; i++)
+      if (g_cons[i].t_start && g_cons[i].t_start < con_from)
+        con_from = g_cons[i].t_start;
+  }
   int64_t con_ns = t_last_del > con_from ? t_last_del - con_from : 0;
   double pub_rate = pub_ns > 0 ? (double)sent / secs(pub_ns) : 0;
   double con_rate = con_ns > 0 ? (double)received / secs(con_ns) : 0;
