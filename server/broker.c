@@ -30,7 +30,8 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     log_error("accept failed: %s", strerror(errno));
 }
 
-/* Runs once per loop turn after the I/O callbacks that marked queues dirty. */
+/* Runs once per loop turn after the I/O callbacks: dispatches the queues that gained
+ * messages or consumer credit, then writes every connection's output in one go. */
 static void on_dispatch(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -45,7 +46,10 @@ static void on_dispatch(evutil_socket_t fd, short what, void *arg)
             queue_dispatch(q);
         queue_unref(&q);
     }
+    conn_flush_all(b);
 }
+
+void broker_wake(struct broker *b) { event_active(b->dispatch_ev, EV_TIMEOUT, 0); }
 
 void broker_mark_dirty(struct broker *b, struct queue *q)
 {
@@ -55,7 +59,7 @@ void broker_mark_dirty(struct broker *b, struct queue *q)
     queue_ref(q);
     q->dirty_next = b->dirty;
     b->dirty = q;
-    event_active(b->dispatch_ev, EV_TIMEOUT, 0);
+    broker_wake(b);
 }
 
 static void on_stop_timeout(evutil_socket_t fd, short what, void *arg)

@@ -28,6 +28,7 @@ struct broker {
     uint64_t route_gen;           /* routing dedup marks */
     struct route_result route;    /* reused by every publish */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
+    struct connection *flush_list; /* connections with frames to write this turn */
     struct event *dispatch_ev;
     struct event *sigint_ev, *sigterm_ev, *stop_ev;
     bool stopping;
@@ -40,6 +41,8 @@ int broker_run(struct broker *b);
 void broker_free(struct broker *b);
 
 struct vhost *broker_find_vhost(struct broker *b, amqp_bytes name);
+/* Makes the end-of-turn callback (dispatch, then flush) run in this loop turn. */
+void broker_wake(struct broker *b);
 /* Adds q to the list dispatched later in this loop turn. */
 void broker_mark_dirty(struct broker *b, struct queue *q);
 /* Called by a connection when it is freed, so a stopping broker can exit early. */

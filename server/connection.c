@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "amqp/table.h"
@@ -35,17 +36,88 @@
 
 static const uint8_t protocol_header[8] = { 'A', 'M', 'Q', 'P', 0, 0, 9, 1 };
 
+/* How much one read call may take from the socket: about one frame ahead of the parser. */
+#define READ_CHUNK (128u * 1024 + 8)
+
 static void teardown_channels(struct connection *c);
 static void schedule_free(struct connection *c);
 
-/* ---- output ---------------------------------------------------------------------- */
+/* ---- output ----------------------------------------------------------------------------
+ * Frames are appended to c->outbuf and written once per loop turn, after every read and
+ * dispatch callback of the turn (conn_flush_all, run by the broker's dispatch event): one
+ * writev for all the frames a connection got in a turn. The write event is armed only
+ * while the socket is full. */
+
+static void want_flush(struct connection *c)
+{
+    c->sent_since_tick = true;
+    if (evbuffer_get_length(c->outbuf) > OUTPUT_HIGH_WATERMARK)
+        c->write_blocked = true;
+    if (c->flush_pending)
+        return;
+    c->flush_pending = true;
+    c->flush_next = c->b->flush_list;
+    c->b->flush_list = c;
+    broker_wake(c->b);
+}
 
 static void write_out(struct connection *c)
 {
-    bufferevent_write(c->bev, c->out.data, c->out.len);
-    c->sent_since_tick = true;
-    if (!c->write_blocked && evbuffer_get_length(bufferevent_get_output(c->bev)) > OUTPUT_HIGH_WATERMARK)
-        c->write_blocked = true;
+    evbuffer_add(c->outbuf, c->out.data, c->out.len);
+    want_flush(c);
+}
+
+/* Writes what the socket takes. Returns -1 if the connection was freed. */
+static int flush_now(struct connection *c)
+{
+    while (evbuffer_get_length(c->outbuf) > 0) {
+        int n = evbuffer_write(c->outbuf, c->fd);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            log_info("connection %s: write failed: %s", c->peer, strerror(errno));
+            conn_free(&c);
+            return -1;
+        }
+    }
+    size_t left = evbuffer_get_length(c->outbuf);
+    if (left > 0) {
+        event_add(c->write_ev, NULL);
+        return 0;
+    }
+    event_del(c->write_ev);
+    if (c->state == CONN_CLOSED) {
+        schedule_free(c);
+        return 0;
+    }
+    if (c->write_blocked && left <= OUTPUT_HIGH_WATERMARK / 2) {
+        c->write_blocked = false;
+        for (uint32_t i = 0; i < c->channels_cap; i++) {
+            if (c->channels[i])
+                channel_wake_consumers(c->channels[i]);
+        }
+    }
+    return 0;
+}
+
+void conn_flush_all(struct broker *b)
+{
+    while (b->flush_list) {
+        struct connection *c = b->flush_list;
+        b->flush_list = c->flush_next;
+        c->flush_pending = false;
+        c->flush_next = NULL;
+        flush_now(c);
+    }
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    flush_now(arg);
 }
 
 static size_t frame_begin(struct abuf *b, uint8_t type, uint16_t channel)
@@ -114,7 +186,7 @@ void conn_send_content(struct connection *c, uint16_t channel, const struct amqp
         return;
     }
     write_out(c);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->outbuf;
     for (uint64_t pos = 0; pos < msg->body_len; pos += chunk_max) {
         size_t n = msg->body_len - pos < chunk_max ? (size_t)(msg->body_len - pos) : chunk_max;
         abuf_reset(b);
@@ -125,8 +197,7 @@ void conn_send_content(struct connection *c, uint16_t channel, const struct amqp
         uint8_t end = AMQP_FRAME_END;
         evbuffer_add(out, &end, 1);
     }
-    if (evbuffer_get_length(out) > OUTPUT_HIGH_WATERMARK)
-        c->write_blocked = true;
+    want_flush(c);
 }
 
 bool conn_writable(const struct connection *c) { return !c->write_blocked && c->state == CONN_OPEN; }
@@ -253,7 +324,17 @@ void conn_free(struct connection **cp)
         log_info("connection %s closed (user '%s')", c->peer, c->user);
     else
         log_debug("connection %s closed before it was opened", c->peer);
-    bufferevent_free(c->bev);
+    if (c->flush_pending) {
+        struct connection **pp = &b->flush_list;
+        while (*pp != c)
+            pp = &(*pp)->flush_next;
+        *pp = c->flush_next;
+    }
+    event_free(c->read_ev);
+    event_free(c->write_ev);
+    evutil_closesocket(c->fd);
+    evbuffer_free(c->inbuf);
+    evbuffer_free(c->outbuf);
     event_free(c->timer);
     free(c->channels);
     free(c->exclusive);
@@ -267,7 +348,7 @@ static void schedule_free(struct connection *c)
 {
     c->state = CONN_CLOSED;
     c->free_pending = true;
-    bufferevent_disable(c->bev, EV_READ);
+    event_del(c->read_ev);
     struct timeval tv = { 0, 0 };
     evtimer_add(c->timer, &tv);
 }
@@ -276,11 +357,13 @@ static void schedule_free(struct connection *c)
 static void close_after_flush(struct connection *c)
 {
     c->state = CONN_CLOSED;
-    bufferevent_disable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    event_del(c->read_ev);
+    if (evbuffer_get_length(c->outbuf) == 0) {
         schedule_free(c);
-    else
+    } else {
+        want_flush(c);
         arm_timer(c, CLOSE_TIMEOUT_SEC);
+    }
 }
 
 /* ---- handshake ---------------------------------------------------------------------- */
@@ -663,10 +746,48 @@ static void read_frames(struct connection *c, struct evbuffer *in)
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+/* Reads one chunk straight into the input buffer (no FIONREAD probe first). Returns the
+ * bytes read, 0 at end of stream, -1 on error, or -2 when nothing is there (EAGAIN). */
+static ssize_t read_chunk(struct connection *c)
 {
+    struct evbuffer_iovec vec[2];
+    int nvec = evbuffer_reserve_space(c->inbuf, READ_CHUNK, vec, 2);
+    if (nvec < 0)
+        return -1;
+    struct iovec iov[2];
+    for (int i = 0; i < nvec; i++) {
+        iov[i].iov_base = vec[i].iov_base;
+        iov[i].iov_len = vec[i].iov_len;
+    }
+    ssize_t n = readv(c->fd, iov, nvec);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -2 : -1;
+    size_t left = (size_t)n;
+    for (int i = 0; i < nvec; i++) {
+        size_t take = left < vec[i].iov_len ? left : vec[i].iov_len;
+        vec[i].iov_len = take;
+        left -= take;
+    }
+    evbuffer_commit_space(c->inbuf, vec, nvec);
+    return n;
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
     struct connection *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    ssize_t n = read_chunk(c);
+    if (n == -2)
+        return;
+    if (n <= 0) {
+        if (c->state != CONN_CLOSED && c->state >= CONN_OPEN)
+            log_info("connection %s: client closed the socket%s", c->peer,
+                     c->state == CONN_OPEN ? " without connection.close" : "");
+        conn_free(&c);
+        return;
+    }
+    struct evbuffer *in = c->inbuf;
     c->recv_since_tick = true;
     c->in_read = true;
     if (c->state == CONN_AWAIT_HEADER) {
@@ -676,7 +797,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         evbuffer_remove(in, hdr, sizeof hdr);
         if (memcmp(hdr, protocol_header, sizeof hdr) != 0) {
             log_warn("connection %s: bad protocol header, replying with ours and closing", c->peer);
-            bufferevent_write(bev, protocol_header, sizeof protocol_header);
+            evbuffer_add(c->outbuf, protocol_header, sizeof protocol_header);
             close_after_flush(c);
             goto out;
         }
@@ -695,36 +816,6 @@ out:
         teardown_channels(c);
     if (c->state == CONN_CLOSED)
         evbuffer_drain(in, evbuffer_get_length(in));
-}
-
-static void on_write(struct bufferevent *bev, void *arg)
-{
-    struct connection *c = arg;
-    struct evbuffer *out = bufferevent_get_output(bev);
-    if (c->state == CONN_CLOSED) {
-        if (evbuffer_get_length(out) == 0)
-            schedule_free(c);
-        return;
-    }
-    if (c->write_blocked && evbuffer_get_length(out) <= OUTPUT_HIGH_WATERMARK / 2) {
-        c->write_blocked = false;
-        for (uint32_t i = 0; i < c->channels_cap; i++) {
-            if (c->channels[i])
-                channel_wake_consumers(c->channels[i]);
-        }
-    }
-}
-
-static void on_event(struct bufferevent *bev, short what, void *arg)
-{
-    (void)bev;
-    struct connection *c = arg;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        if (c->state != CONN_CLOSED && c->state >= CONN_OPEN)
-            log_info("connection %s: client closed the socket%s", c->peer,
-                     c->state == CONN_OPEN ? " without connection.close" : "");
-        conn_free(&c);
-    }
 }
 
 /* Heartbeats, handshake and close timeouts, deferred free. */
@@ -756,7 +847,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     c->recv_since_tick = false;
     if (!c->sent_since_tick) {
         static const uint8_t hb[8] = { AMQP_FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, AMQP_FRAME_END };
-        bufferevent_write(c->bev, hb, sizeof hb);
+        evbuffer_add(c->outbuf, hb, sizeof hb);
+        want_flush(c);
     }
     c->sent_since_tick = false;
     arm_heartbeat(c);
@@ -785,14 +877,14 @@ void conn_accept(struct broker *b, int fd, const struct sockaddr *addr, int addr
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     evutil_make_socket_nonblocking(fd);
-    c->bev = bufferevent_socket_new(b->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->fd = fd;
+    c->inbuf = evbuffer_new();
+    c->outbuf = evbuffer_new();
+    c->read_ev = event_new(b->base, fd, EV_READ | EV_PERSIST, on_readable, c);
+    c->write_ev = event_new(b->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
     c->timer = evtimer_new(b->base, on_timer, c);
     abuf_init(&c->out);
-    c->frame_max = 0;
-    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
-    /* Never read more than about one frame ahead of what we have parsed. */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, b->cfg.frame_max + 8);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    event_add(c->read_ev, NULL);
     c->next = b->conns;
     if (b->conns)
         b->conns->prev = c;

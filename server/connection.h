@@ -11,7 +11,7 @@
 
 struct broker;
 struct sockaddr;
-struct bufferevent;
+struct evbuffer;
 struct event;
 struct channel;
 struct vhost;
@@ -31,7 +31,11 @@ enum conn_state {
 
 struct connection {
     struct broker *b;
-    struct bufferevent *bev;
+    int fd;
+    struct evbuffer *inbuf, *outbuf;
+    struct event *read_ev, *write_ev;
+    bool flush_pending;          /* in the broker's flush list */
+    struct connection *flush_next;
     struct connection *next, *prev;
     char peer[64];
     bool peer_is_loopback;
@@ -75,5 +79,7 @@ bool conn_writable(const struct connection *c);
 void conn_add_exclusive(struct connection *c, struct queue *q);
 void conn_remove_exclusive(struct connection *c, struct queue *q);
 void conn_free(struct connection **cp);
+/* Writes out every connection's pending frames; the broker calls it once per loop turn. */
+void conn_flush_all(struct broker *b);
 
 #endif
