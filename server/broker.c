@@ -6,9 +6,11 @@
 #include <event2/listener.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "common/xalloc.h"
 #include "server/connection.h"
 #include "server/log.h"
 #include "server/queue.h"
@@ -117,6 +119,7 @@ int broker_init(struct broker *b, const struct config *cfg)
         return -1;
     }
     b->vhost = vhost_new(b, "/");
+    b->readbuf = xmalloc((size_t)cfg->frame_max + 8 + READ_CHUNK);
     b->dispatch_ev = event_new(b->base, -1, 0, on_dispatch, b);
     b->stop_ev = evtimer_new(b->base, on_stop_timeout, b);
     b->sigint_ev = evsignal_new(b->base, SIGINT, on_signal, b);
@@ -179,6 +182,7 @@ void broker_free(struct broker *b)
     on_dispatch(-1, 0, b);
     vhost_free(&b->vhost);
     route_result_free(&b->route);
+    free(b->readbuf);
     if (b->listener)
         evconnlistener_free(b->listener);
     if (b->dispatch_ev)

@@ -29,6 +29,7 @@ struct broker {
     struct route_result route;    /* reused by every publish */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
     struct connection *flush_list; /* connections with frames to write this turn */
+    uint8_t *readbuf;             /* shared input buffer: a leftover frame + READ_CHUNK */
     struct event *dispatch_ev;
     struct event *sigint_ev, *sigterm_ev, *stop_ev;
     bool stopping;

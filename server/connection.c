@@ -11,7 +11,6 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "amqp/table.h"
@@ -36,8 +35,6 @@
 
 static const uint8_t protocol_header[8] = { 'A', 'M', 'Q', 'P', 0, 0, 9, 1 };
 
-/* How much one read call may take from the socket: about one frame ahead of the parser. */
-#define READ_CHUNK (128u * 1024 + 8)
 
 static void teardown_channels(struct connection *c);
 static void schedule_free(struct connection *c);
@@ -333,7 +330,7 @@ void conn_free(struct connection **cp)
     event_free(c->read_ev);
     event_free(c->write_ev);
     evutil_closesocket(c->fd);
-    evbuffer_free(c->inbuf);
+    free(c->pending);
     evbuffer_free(c->outbuf);
     event_free(c->timer);
     free(c->channels);
@@ -693,92 +690,76 @@ static void handle_frame(struct connection *c, uint8_t type, uint16_t chid, cons
     conn_error(c, AMQP_FRAME_ERROR, 0, "unknown frame type %u", type);
 }
 
-/* Reads as many whole frames as the input holds. Body frames are copied straight from the
- * socket buffer into the message body; other frames are made contiguous and parsed. */
-static void read_frames(struct connection *c, struct evbuffer *in)
+/* Parses the whole frames in buf[0..len) and returns how many bytes they took; the rest
+ * is an incomplete frame, kept for the next read. */
+static size_t read_frames(struct connection *c, const uint8_t *buf, size_t len)
 {
-    while (c->state != CONN_CLOSED) {
-        size_t avail = evbuffer_get_length(in);
-        if (avail < FRAME_HEADER_SIZE)
-            return;
-        uint8_t h[FRAME_HEADER_SIZE];
-        evbuffer_copyout(in, h, sizeof h);
+    size_t pos = 0;
+    uint32_t limit = c->frame_max ? c->frame_max : c->b->cfg.frame_max;
+    while (c->state != CONN_CLOSED && len - pos >= FRAME_HEADER_SIZE) {
+        const uint8_t *h = buf + pos;
         uint8_t type = h[0];
         uint16_t chid = (uint16_t)(h[1] << 8 | h[2]);
         uint32_t size = (uint32_t)h[3] << 24 | (uint32_t)h[4] << 16 | (uint32_t)h[5] << 8 | h[6];
-        uint32_t limit = c->frame_max ? c->frame_max : c->b->cfg.frame_max;
         if (type != AMQP_FRAME_METHOD && type != AMQP_FRAME_HEADER && type != AMQP_FRAME_BODY &&
             type != AMQP_FRAME_HEARTBEAT) {
             conn_error(c, AMQP_FRAME_ERROR, 0, "unknown frame type %u", type);
-            return;
+            return len;
         }
         if ((uint64_t)size + 8 > limit) {
             conn_error(c, AMQP_FRAME_ERROR, 0, "frame size %u exceeds the frame_max %u", size + 8, limit);
-            return;
+            return len;
         }
-        if (avail < (size_t)size + 8)
-            return;
-        uint8_t end;
-        struct evbuffer_ptr pos;
-        evbuffer_ptr_set(in, &pos, FRAME_HEADER_SIZE + size, EVBUFFER_PTR_SET);
-        evbuffer_copyout_from(in, &pos, &end, 1);
-        if (end != AMQP_FRAME_END) {
-            conn_error(c, AMQP_FRAME_ERROR, 0, "frame end byte 0x%02x instead of 0xce", end);
-            return;
+        if (len - pos < (size_t)size + 8)
+            break;
+        if (h[FRAME_HEADER_SIZE + size] != AMQP_FRAME_END) {
+            conn_error(c, AMQP_FRAME_ERROR, 0, "frame end byte 0x%02x instead of 0xce", h[FRAME_HEADER_SIZE + size]);
+            return len;
         }
-        struct channel *ch = get_channel(c, chid);
-        if (type == AMQP_FRAME_BODY && c->state == CONN_OPEN && ch && ch->state == CH_OPEN &&
-            ch->pub == PUB_AWAIT_BODY) {
-            evbuffer_drain(in, FRAME_HEADER_SIZE);
-            uint8_t *dst = channel_body_dest(ch, size);
-            if (dst) {
-                evbuffer_remove(in, dst, size);
-                channel_body_done(ch, size);
-                evbuffer_drain(in, 1);
-            } else {
-                evbuffer_drain(in, (size_t)size + 1);
-            }
-            continue;
-        }
-        const uint8_t *p = evbuffer_pullup(in, (ssize_t)size + 8);
-        handle_frame(c, type, chid, p + FRAME_HEADER_SIZE, size);
-        evbuffer_drain(in, (size_t)size + 8);
+        handle_frame(c, type, chid, h + FRAME_HEADER_SIZE, size);
+        pos += (size_t)size + 8;
+        if (c->frame_max)
+            limit = c->frame_max;
     }
+    return pos;
 }
 
-/* Reads one chunk straight into the input buffer (no FIONREAD probe first). Returns the
- * bytes read, 0 at end of stream, -1 on error, or -2 when nothing is there (EAGAIN). */
-static ssize_t read_chunk(struct connection *c)
+/* Handles the protocol header, then frames. Returns the bytes consumed. */
+static size_t read_input(struct connection *c, const uint8_t *buf, size_t len)
 {
-    struct evbuffer_iovec vec[2];
-    int nvec = evbuffer_reserve_space(c->inbuf, READ_CHUNK, vec, 2);
-    if (nvec < 0)
-        return -1;
-    struct iovec iov[2];
-    for (int i = 0; i < nvec; i++) {
-        iov[i].iov_base = vec[i].iov_base;
-        iov[i].iov_len = vec[i].iov_len;
+    size_t pos = 0;
+    if (c->state == CONN_AWAIT_HEADER) {
+        if (len < sizeof protocol_header)
+            return 0;
+        pos = sizeof protocol_header;
+        if (memcmp(buf, protocol_header, sizeof protocol_header) != 0) {
+            log_warn("connection %s: bad protocol header, replying with ours and closing", c->peer);
+            evbuffer_add(c->outbuf, protocol_header, sizeof protocol_header);
+            close_after_flush(c);
+            return len;
+        }
+        send_start(c);
+        c->state = CONN_AWAIT_START_OK;
+        arm_timer(c, 10); /* handshake timeout */
     }
-    ssize_t n = readv(c->fd, iov, nvec);
-    if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -2 : -1;
-    size_t left = (size_t)n;
-    for (int i = 0; i < nvec; i++) {
-        size_t take = left < vec[i].iov_len ? left : vec[i].iov_len;
-        vec[i].iov_len = take;
-        left -= take;
-    }
-    evbuffer_commit_space(c->inbuf, vec, nvec);
-    return n;
+    return pos + read_frames(c, buf + pos, len - pos);
 }
 
+/* Input goes through one broker-wide buffer (the loop is single-threaded): the bytes left
+ * over from the connection's last read (less than one frame) are put in front, one read
+ * appends what the socket has, whole frames are parsed in place, and only an incomplete
+ * frame at the end is copied back to the connection. An idle connection holds no buffer. */
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
     (void)what;
     struct connection *c = arg;
-    ssize_t n = read_chunk(c);
-    if (n == -2)
+    struct broker *b = c->b;
+    uint8_t *buf = b->readbuf;
+    size_t len = c->pending_len;
+    if (len)
+        memcpy(buf, c->pending, len);
+    ssize_t n = read(fd, buf + len, READ_CHUNK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
         if (c->state != CONN_CLOSED && c->state >= CONN_OPEN)
@@ -787,35 +768,29 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         conn_free(&c);
         return;
     }
-    struct evbuffer *in = c->inbuf;
+    len += (size_t)n;
     c->recv_since_tick = true;
     c->in_read = true;
-    if (c->state == CONN_AWAIT_HEADER) {
-        if (evbuffer_get_length(in) < sizeof protocol_header)
-            goto out;
-        uint8_t hdr[8];
-        evbuffer_remove(in, hdr, sizeof hdr);
-        if (memcmp(hdr, protocol_header, sizeof hdr) != 0) {
-            log_warn("connection %s: bad protocol header, replying with ours and closing", c->peer);
-            evbuffer_add(c->outbuf, protocol_header, sizeof protocol_header);
-            close_after_flush(c);
-            goto out;
-        }
-        send_start(c);
-        c->state = CONN_AWAIT_START_OK;
-        arm_timer(c, 10); /* handshake timeout */
-    }
-    read_frames(c, in);
+    size_t used = read_input(c, buf, len);
     for (uint32_t i = 0; i < c->channels_cap; i++) {
         if (c->channels[i])
             channel_flush_confirms(c->channels[i]);
     }
-out:
     c->in_read = false;
     if (c->state == CONN_CLOSING)
         teardown_channels(c);
-    if (c->state == CONN_CLOSED)
-        evbuffer_drain(in, evbuffer_get_length(in));
+    size_t left = c->state == CONN_CLOSED ? 0 : len - used;
+    if (left > c->pending_cap) {
+        c->pending = xrealloc(c->pending, left);
+        c->pending_cap = (uint32_t)left;
+    } else if (left == 0 && c->pending_cap > 4096) {
+        free(c->pending); /* a large frame went through: do not keep its buffer */
+        c->pending = NULL;
+        c->pending_cap = 0;
+    }
+    if (left)
+        memcpy(c->pending, buf + used, left);
+    c->pending_len = (uint32_t)left;
 }
 
 /* Heartbeats, handshake and close timeouts, deferred free. */
@@ -878,7 +853,6 @@ void conn_accept(struct broker *b, int fd, const struct sockaddr *addr, int addr
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     evutil_make_socket_nonblocking(fd);
     c->fd = fd;
-    c->inbuf = evbuffer_new();
     c->outbuf = evbuffer_new();
     c->read_ev = event_new(b->base, fd, EV_READ | EV_PERSIST, on_readable, c);
     c->write_ev = event_new(b->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);

@@ -19,6 +19,9 @@ struct queue;
 struct message;
 struct amqp_method;
 
+/* How much one read call may take from a socket: about one frame ahead of the parser. */
+#define READ_CHUNK (128u * 1024 + 8)
+
 enum conn_state {
     CONN_AWAIT_HEADER,   /* accepted; waiting for the 8-byte protocol header */
     CONN_AWAIT_START_OK, /* connection.start sent; waiting for start-ok (authentication) */
@@ -32,7 +35,9 @@ enum conn_state {
 struct connection {
     struct broker *b;
     int fd;
-    struct evbuffer *inbuf, *outbuf;
+    struct evbuffer *outbuf;
+    uint8_t *pending;            /* an incomplete frame left from the last read */
+    uint32_t pending_len, pending_cap;
     struct event *read_ev, *write_ev;
     bool flush_pending;          /* in the broker's flush list */
     struct connection *flush_next;
