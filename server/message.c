@@ -10,7 +10,9 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
                             const uint8_t *props, size_t props_len,
                             const struct amqp_basic_properties *pr, uint64_t body_len)
 {
-    struct message *m = xmalloc(sizeof *m + exchange.len + rkey.len + props_len);
+    size_t meta = exchange.len + rkey.len + props_len;
+    bool inline_body = body_len <= MESSAGE_INLINE_BODY;
+    struct message *m = xmalloc(sizeof *m + meta + (inline_body ? body_len : 0));
     m->refs = 1;
     m->id = id;
     m->exchange_len = (uint8_t)exchange.len;
@@ -26,7 +28,7 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     m->headers_len = m->has_headers ? (uint32_t)pr->headers.len : 0;
     m->body_len = body_len;
     m->body_received = 0;
-    m->body = body_len ? xmalloc(body_len) : NULL;
+    m->body = inline_body ? m->data + meta : xmalloc(body_len);
     return m;
 }
 
@@ -36,6 +38,7 @@ void message_unref(struct message **mp)
     *mp = NULL;
     if (!m || --m->refs > 0)
         return;
-    free(m->body);
+    if (m->body_len > MESSAGE_INLINE_BODY)
+        free(m->body);
     free(m);
 }

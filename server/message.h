@@ -10,6 +10,8 @@
 
 /* RabbitMQ's default max_message_size (128 MiB); bodies above it are refused with 406. */
 #define MESSAGE_MAX_BODY (128u * 1024 * 1024)
+/* Bodies up to this size share the message's allocation; larger ones get their own. */
+#define MESSAGE_INLINE_BODY (64u * 1024)
 
 struct message {
     uint32_t refs;
@@ -23,7 +25,7 @@ struct message {
     uint64_t body_len;
     uint64_t body_received; /* while the body frames arrive */
     uint8_t *body;
-    uint8_t data[];         /* exchange name, routing key, raw properties */
+    uint8_t data[];         /* exchange name, routing key, raw properties, small bodies */
 };
 
 struct amqp_basic_properties;
