@@ -1510,6 +1510,15 @@ static bool spawn(pthread_t *th, void *(*fn)(void *), void *arg) {
   return rc == 0;
 }
 
+/* Waits on the start gate for at most 50 ms (g_gate_mu held). */
+static void gate_wait_50ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += 50 * 1000000;
+  if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+  pthread_cond_timedwait(&g_gate_cv, &g_gate_mu, &ts);
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
@@ -1595,11 +1604,7 @@ int main(int argc, char **argv) {
         ready += g_cons[i].ready;
       if (ready == nstarted_cons || atomic_load(&g_stop) || g_signal || now_ns() > deadline)
         break;
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 50 * 1000000;
-      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-      pthread_cond_timedwait(&g_gate_cv, &g_gate_mu, &ts);
+      gate_wait_50ms();
     }
     pthread_mutex_unlock(&g_gate_mu);
     t_con_start = now_ns();
@@ -1630,11 +1635,7 @@ int main(int argc, char **argv) {
         started += g_prod[i].started;
       if (started == nstarted_prod || atomic_load(&g_stop) || g_signal || now_ns() > deadline)
         break;
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 50 * 1000000;
-      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-      pthread_cond_timedwait(&g_gate_cv, &g_gate_mu, &ts);
+      gate_wait_50ms();
     }
     t_pub_start = now_ns();
     atomic_store(&g_go, true);
