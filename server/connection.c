@@ -82,13 +82,14 @@ static int flush_now(struct connection *c)
     size_t left = evbuffer_get_length(c->outbuf);
     if (left > 0) {
         event_add(c->write_ev, NULL);
-        return 0;
+    } else {
+        event_del(c->write_ev);
+        if (c->state == CONN_CLOSED) {
+            schedule_free(c);
+            return 0;
+        }
     }
-    event_del(c->write_ev);
-    if (c->state == CONN_CLOSED) {
-        schedule_free(c);
-        return 0;
-    }
+    /* Resume deliveries at half the high watermark, before the socket runs dry. */
     if (c->write_blocked && left <= OUTPUT_HIGH_WATERMARK / 2) {
         c->write_blocked = false;
         for (uint32_t i = 0; i < c->channels_cap; i++) {
