@@ -31,3 +31,10 @@ def start_watchdog(seconds):
     timer.daemon = True
     timer.start()
     return timer
+
+
+def finish():
+    """Prints the closing RESULT line; returns the script's exit code."""
+    print(f"RESULT: {'PASS' if not failures else 'FAIL'} "
+          f"({len(failures)} failed check(s))")
+    return 0 if not failures else 1

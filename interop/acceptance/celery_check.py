@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 
-from acceptance import broker_url, check, failures
+from acceptance import broker_url, check, finish
 
 N_TASKS = 20
 N_ETA, ETA_S = 20, 10            # tasks with a countdown, held unacked by the worker
@@ -146,9 +146,7 @@ def main():
                                    "mingle: ", "Error", "restoring", "basic.qos")):
             print("   ", line.strip()[:160])
     print(f"    ... {text.count('succeeded in')} 'Task celery_app.record[...] succeeded' lines")
-    print(f"RESULT: {'PASS' if not failures else 'FAIL'} "
-          f"({len(failures)} failed check(s))")
-    return 0 if not failures else 1
+    return finish()
 
 
 if __name__ == "__main__":

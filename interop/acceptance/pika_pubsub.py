@@ -22,7 +22,7 @@ import uuid
 
 import pika
 
-from acceptance import broker_url, check, failures, start_watchdog
+from acceptance import broker_url, check, finish, start_watchdog
 import pika.exceptions
 
 DEADLINE_S = 30
@@ -175,9 +175,7 @@ def main():
     topic(ch)
     rpc(ch, conn)
     conn.close()
-    print(f"RESULT: {'PASS' if not failures else 'FAIL'} "
-          f"({len(failures)} failed check(s))")
-    return 0 if not failures else 1
+    return finish()
 
 
 if __name__ == "__main__":

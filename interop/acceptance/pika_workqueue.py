@@ -23,7 +23,7 @@ from collections import Counter
 
 import pika
 
-from acceptance import broker_url, check, failures, start_watchdog
+from acceptance import broker_url, check, finish, start_watchdog
 
 N_TASKS = 200
 PART2_MSGS = 10
@@ -187,9 +187,7 @@ def main():
     finally:
         ch.queue_delete(queue)
         conn.close()
-    print(f"RESULT: {'PASS' if not failures else 'FAIL'} "
-          f"({len(failures)} failed check(s))")
-    return 0 if not failures else 1
+    return finish()
 
 
 if __name__ == "__main__":
