@@ -78,7 +78,6 @@ struct channel {
     bool flow_active;
     char last_queue[256];     /* for queue methods with an empty name */
     uint8_t last_queue_len;
-    uint32_t consumer_seq;    /* for server-generated consumer tags */
 };
 
 /* Opens channel id on c. Never NULL. */

@@ -428,8 +428,6 @@ static bool expects_spec_qos(amqp_bytes client_props)
 static void handle_start_ok(struct connection *c, const struct amqp_connection_start_ok *so)
 {
     c->cap_cancel_notify = client_capability(so->client_properties, "consumer_cancel_notify");
-    c->cap_blocked = client_capability(so->client_properties, "connection.blocked");
-    c->cap_auth_failure_close = client_capability(so->client_properties, "authentication_failure_close");
     c->qos_spec_semantics = expects_spec_qos(so->client_properties);
     char mech[32];
     snprintf(mech, sizeof mech, "%.*s", (int)(so->mechanism.len < 31 ? so->mechanism.len : 31),

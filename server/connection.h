@@ -52,7 +52,7 @@ struct connection {
     uint32_t channels_cap;
     struct vhost *vh;
     char user[64];
-    bool cap_cancel_notify, cap_blocked, cap_auth_failure_close;
+    bool cap_cancel_notify;      /* client wants basic.cancel when its queue goes */
     bool qos_spec_semantics;     /* client reads basic.qos global=false as channel-wide */
     bool recv_since_tick, sent_since_tick;
     uint8_t missed_ticks;

@@ -66,7 +66,6 @@ void queue_publish(struct queue *q, struct message *m)
     e->msg = message_ref(m);
     e->seq = q->next_seq++;
     e->redelivered = false;
-    q->ready_bytes += m->body_len;
     if (q->nconsumers)
         queue_wake(q);
 }
@@ -78,7 +77,6 @@ int queue_pop(struct queue *q, struct qentry *out)
     *out = *at(q, 0);
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;
-    q->ready_bytes -= out->msg->body_len;
     return 1;
 }
 
@@ -112,7 +110,6 @@ void queue_requeue(struct queue *q, struct qentry e)
     }
     *at(q, pos) = e;
     q->count++;
-    q->ready_bytes += e.msg->body_len;
     if (q->nconsumers)
         queue_wake(q);
 }

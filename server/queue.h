@@ -33,7 +33,6 @@ struct queue {
 
     struct qentry *ring;        /* ready messages: ring[(head + i) % cap], i < count */
     size_t head, count, cap;
-    uint64_t ready_bytes;
     uint64_t next_seq;
 
     struct consumer **consumers;
