@@ -747,3 +747,22 @@ def test_update_secret_is_answered_and_connection_keeps_working(broker):
         c.expect_method(1, (50, 11))
     finally:
         c.close()
+
+
+def test_body_size_above_the_max_message_size_is_406(broker):
+    # RabbitMQ's max_message_size is 128 MiB; a header declaring more is refused
+    # with a channel error before any body arrives, and the channel reopens fine.
+    c = opened(broker, channel=1)
+    try:
+        too_big = 128 * 1024 * 1024 + 1
+        c.send_method(1, BASIC_PUBLISH, args_basic_publish("", "nowhere"))
+        c.send(header_frame(1, too_big))
+        code, text, cls, mth = c.expect_channel_close(1)
+        assert (code, cls, mth) == (406, 60, 40)
+        assert text == ("PRECONDITION_FAILED - message size %d is larger than "
+                        "configured max size 134217728" % too_big)
+        c.send_method(1, CHANNEL_CLOSE_OK)
+        c.open_channel(1)
+    finally:
+        c.close()
+    assert_broker_serves(broker)
