@@ -13,6 +13,7 @@
 #include "common/xalloc.h"
 #include "server/connection.h"
 #include "server/log.h"
+#include "server/persist.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -48,6 +49,7 @@ static void on_dispatch(evutil_socket_t fd, short what, void *arg)
             queue_dispatch(q);
         queue_unref(&q);
     }
+    persist_end_of_turn(b);
     conn_flush_all(b);
 }
 
@@ -119,6 +121,8 @@ int broker_init(struct broker *b, const struct config *cfg)
         return -1;
     }
     b->vhost = vhost_new(b, "/");
+    if (persist_open(b) != 0)
+        return -1;
     b->readbuf = xmalloc((size_t)cfg->frame_max + 8 + READ_CHUNK);
     b->dispatch_ev = event_new(b->base, -1, 0, on_dispatch, b);
     b->stop_ev = evtimer_new(b->base, on_stop_timeout, b);
@@ -180,6 +184,7 @@ void broker_free(struct broker *b)
         conn_free(&c);
     }
     on_dispatch(-1, 0, b);
+    persist_close(b); /* before the vhost goes: tearing it down is not a deletion */
     vhost_free(&b->vhost);
     route_result_free(&b->route);
     free(b->readbuf);

@@ -16,6 +16,8 @@ struct evconnlistener;
 struct connection;
 struct queue;
 struct vhost;
+struct store;
+struct channel;
 
 struct broker {
     struct config cfg;
@@ -24,7 +26,15 @@ struct broker {
     struct vhost *vhost;          /* "/" : the only vhost for now */
     struct connection *conns;     /* all live connections */
     unsigned nconns;
+    struct store *store;          /* durable state; NULL once closed */
+    struct event *store_ev;       /* the store's notifications */
+    struct channel *commit_waiters; /* channels with replies waiting for a commit */
+    struct queue **page_waiters;  /* queues whose paged-out entries wait for a commit */
+    size_t npage_waiters, page_waiters_cap;
+    bool store_sync_needed;       /* a durable entity changed: commit before replying */
+    bool disk_alarm;              /* writes fail: publishers are blocked */
     uint64_t next_message_id;
+    uint64_t next_queue_id;
     uint64_t route_gen;           /* routing dedup marks */
     struct route_result route;    /* reused by every publish */
     struct queue *dirty;          /* queues waiting for a dispatch pass */

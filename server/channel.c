@@ -15,6 +15,8 @@
 #include "server/exchange.h"
 #include "server/log.h"
 #include "server/message.h"
+#include "server/qstore.h"
+#include "storage/store.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
 
@@ -46,6 +48,21 @@ static void release(struct channel *ch)
     ch->ntx_pubs = 0;
 }
 
+static void stop_waiting(struct channel *ch)
+{
+    struct broker *b = ch->conn->b;
+    if (ch->wait_prev)
+        ch->wait_prev->wait_next = ch->wait_next;
+    else if (b->commit_waiters == ch)
+        b->commit_waiters = ch->wait_next;
+    else
+        return; /* not in the list */
+    if (ch->wait_next)
+        ch->wait_next->wait_prev = ch->wait_prev;
+    ch->wait_next = ch->wait_prev = NULL;
+    ch->waits_head = ch->waits_len = 0;
+}
+
 void channel_free(struct channel **chp)
 {
     struct channel *ch = *chp;
@@ -53,6 +70,8 @@ void channel_free(struct channel **chp)
     if (!ch)
         return;
     release(ch);
+    stop_waiting(ch);
+    free(ch->waits);
     free(ch->ua);
     free(ch->consumers);
     free(ch->tx_pubs);
@@ -98,8 +117,9 @@ static void send_return(struct channel *ch, struct message *msg)
     conn_send_content(ch->conn, ch->id, &r, msg);
 }
 
-/* Routes a complete message and hands it to its queues; consumes the caller's reference. */
-static void route_message(struct channel *ch, struct message *msg, bool mandatory)
+/* Routes a complete message and hands it to its queues; consumes the caller's reference.
+ * Returns true if it was written to the store (its confirm waits for the commit). */
+static bool route_message(struct channel *ch, struct message *msg, bool mandatory)
 {
     struct vhost *vh = ch->conn->vh;
     struct exchange *x = vhost_exchange(vh, message_exchange(msg));
@@ -109,9 +129,62 @@ static void route_message(struct channel *ch, struct message *msg, bool mandator
         exchange_route(x, message_rkey(msg), message_headers(msg), r);
     if (r->n == 0 && mandatory)
         send_return(ch, msg);
+    size_t stored = 0;
+    for (size_t i = 0; i < r->n && stored < 2; i++)
+        stored += qstore_wants(r->queues[i], msg);
+    msg->store_shared = stored > 1;
     for (size_t i = 0; i < r->n; i++)
         queue_publish(r->queues[i], msg);
+    bool written = msg->store_batch != 0;
     message_unref(&msg);
+    return written;
+}
+
+/* Queues a reply until the open store batch commits. Replies keep their order: once one
+ * waits, every later one waits behind it. */
+static void wait_commit(struct channel *ch, uint64_t seq, bool tx_commit_ok)
+{
+    struct broker *b = ch->conn->b;
+    uint64_t batch = store_open_batch(b->store);
+    if (ch->waits_len > ch->waits_head) {
+        struct commit_wait *last = &ch->waits[ch->waits_len - 1];
+        if (last->batch == batch && !last->tx_commit_ok && !tx_commit_ok) {
+            last->seq = seq;
+            return;
+        }
+    } else {
+        ch->waits_head = ch->waits_len = 0;
+        ch->wait_prev = NULL;
+        ch->wait_next = b->commit_waiters;
+        if (b->commit_waiters)
+            b->commit_waiters->wait_prev = ch;
+        b->commit_waiters = ch;
+    }
+    if (ch->waits_len == ch->waits_cap) {
+        ch->waits_cap = ch->waits_cap ? ch->waits_cap * 2 : 8;
+        ch->waits = xrealloc_array(ch->waits, ch->waits_cap, sizeof *ch->waits);
+    }
+    ch->waits[ch->waits_len++] = (struct commit_wait){ batch, seq, tx_commit_ok };
+}
+
+static bool has_waits(const struct channel *ch) { return ch->waits_len > ch->waits_head; }
+
+void channel_committed(struct channel *ch, uint64_t batch)
+{
+    while (has_waits(ch) && ch->waits[ch->waits_head].batch <= batch) {
+        struct commit_wait *w = &ch->waits[ch->waits_head++];
+        if (w->tx_commit_ok) {
+            channel_flush_confirms(ch);
+            struct amqp_method ok = { .id = AMQP_TX_COMMIT_OK };
+            if (ch->state == CH_OPEN)
+                conn_send_method(ch->conn, ch->id, &ok);
+        } else {
+            ch->ready_seq = w->seq;
+        }
+    }
+    channel_flush_confirms(ch);
+    if (!has_waits(ch))
+        stop_waiting(ch);
 }
 
 static void complete_publish(struct channel *ch)
@@ -127,8 +200,12 @@ static void complete_publish(struct channel *ch)
         ch->tx_pubs[ch->ntx_pubs++] = (struct tx_publish){ msg, ch->pub_mandatory };
         return;
     }
-    route_message(ch, msg, ch->pub_mandatory);
-    if (ch->confirm)
+    bool written = route_message(ch, msg, ch->pub_mandatory);
+    if (!ch->confirm)
+        return;
+    if (written || has_waits(ch))
+        wait_commit(ch, ch->publish_seq, false);
+    else
         ch->ready_seq = ch->publish_seq;
 }
 
@@ -155,6 +232,7 @@ static void handle_publish(struct channel *ch, const struct amqp_basic_publish *
     ch->pub_rkey_len = (uint8_t)p->routing_key.len;
     ch->pub_mandatory = p->mandatory;
     ch->pub = PUB_AWAIT_HEADER;
+    ch->conn->publisher = true;
     if (ch->confirm)
         ch->publish_seq++;
 }
@@ -278,13 +356,17 @@ static void tx_method(struct channel *ch, uint32_t id)
         return;
     }
     if (id == AMQP_TX_COMMIT) {
+        bool written = false;
         for (size_t i = 0; i < ch->ntx_pubs; i++) {
-            route_message(ch, ch->tx_pubs[i].msg, ch->tx_pubs[i].mandatory);
+            written |= route_message(ch, ch->tx_pubs[i].msg, ch->tx_pubs[i].mandatory);
             ch->tx_pubs[i].msg = NULL;
         }
         ch->ntx_pubs = 0;
         consumer_tx_commit(ch);
-        reply(ch, AMQP_TX_COMMIT_OK);
+        if (written || has_waits(ch))
+            wait_commit(ch, 0, true); /* commit-ok once the messages are on disk */
+        else
+            reply(ch, AMQP_TX_COMMIT_OK);
     } else {
         for (size_t i = 0; i < ch->ntx_pubs; i++)
             message_unref(&ch->tx_pubs[i].msg);

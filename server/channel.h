@@ -43,6 +43,13 @@ enum channel_state {
 
 enum pub_state { PUB_IDLE, PUB_AWAIT_HEADER, PUB_AWAIT_BODY };
 
+/* A reply that waits for the store to commit batch `batch`: the publisher confirm for
+ * publishes up to seq, or tx.commit-ok. */
+struct commit_wait {
+    uint64_t batch, seq;
+    bool tx_commit_ok;
+};
+
 struct tx_publish {
     struct message *msg;
     bool mandatory;
@@ -72,6 +79,9 @@ struct channel {
     uint64_t publish_seq;     /* last publish sequence number (confirm mode) */
     uint64_t ready_seq;       /* last one routed and ready to be confirmed */
     uint64_t confirmed_seq;   /* last one acked to the client */
+    struct commit_wait *waits;  /* oldest first: waits[waits_head .. waits_len) */
+    size_t waits_head, waits_len, waits_cap;
+    struct channel *wait_next, *wait_prev; /* in the broker's commit_waiters while waits are pending */
     bool tx;
     struct tx_publish *tx_pubs;
     size_t ntx_pubs, tx_pubs_cap;
@@ -95,6 +105,9 @@ uint8_t *channel_body_dest(struct channel *ch, size_t size);
 void channel_body_done(struct channel *ch, size_t size);
 /* Sends publisher confirms that became ready during this read (one ack with multiple=true). */
 void channel_flush_confirms(struct channel *ch);
+/* The store committed every batch up to `batch`: sends the confirms and tx.commit-oks
+ * that waited for it. */
+void channel_committed(struct channel *ch, uint64_t batch);
 
 /* Soft or hard error, chosen by the reply code's class: channel.close or connection.close
  * with "NAME - text" and the offending method's class and method ids. */

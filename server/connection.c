@@ -20,6 +20,7 @@
 #include "server/broker.h"
 #include "server/channel.h"
 #include "server/log.h"
+#include "server/persist.h"
 #include "server/message.h"
 #include "server/queue.h"
 #include "server/vhost.h"
@@ -388,7 +389,7 @@ static void send_start(struct connection *c)
     size_t caps = table_begin(&props);
     static const char *const implemented[] = {
         "publisher_confirms", "exchange_exchange_bindings", "basic.nack", "consumer_cancel_notify",
-        "authentication_failure_close", "per_consumer_qos",
+        "authentication_failure_close", "per_consumer_qos", "connection.blocked",
     };
     for (size_t i = 0; i < sizeof implemented / sizeof *implemented; i++) {
         table_key(&props, implemented[i]);
@@ -428,6 +429,7 @@ static bool expects_spec_qos(amqp_bytes client_props)
 static void handle_start_ok(struct connection *c, const struct amqp_connection_start_ok *so)
 {
     c->cap_cancel_notify = client_capability(so->client_properties, "consumer_cancel_notify");
+    c->cap_blocked = client_capability(so->client_properties, "connection.blocked");
     c->qos_spec_semantics = expects_spec_qos(so->client_properties);
     char mech[32];
     snprintf(mech, sizeof mech, "%.*s", (int)(so->mechanism.len < 31 ? so->mechanism.len : 31),
@@ -748,11 +750,61 @@ static size_t read_input(struct connection *c, const uint8_t *buf, size_t len)
  * over from the connection's last read (less than one frame) are put in front, one read
  * appends what the socket has, whole frames are parsed in place, and only an incomplete
  * frame at the end is copied back to the connection. An idle connection holds no buffer. */
+static void send_blocked(struct connection *c, const char *reason)
+{
+    if (!c->cap_blocked || c->blocked_sent || c->state != CONN_OPEN)
+        return;
+    struct amqp_method m = { .id = AMQP_CONNECTION_BLOCKED };
+    m.a.connection_blocked.reason = amqp_cstr(reason);
+    conn_send_method(c, 0, &m);
+    c->blocked_sent = true;
+}
+
+static void pause_reading(struct connection *c)
+{
+    if (c->read_paused)
+        return;
+    c->read_paused = true;
+    event_del(c->read_ev);
+    if (c->b->disk_alarm)
+        send_blocked(c, "low on disk");
+}
+
+void conn_block_publishers(struct broker *b, const char *reason)
+{
+    for (struct connection *c = b->conns; c; c = c->next) {
+        if (c->publisher && c->state == CONN_OPEN) {
+            pause_reading(c);
+            send_blocked(c, reason);
+        }
+    }
+}
+
+void conn_resume_publishers(struct broker *b)
+{
+    for (struct connection *c = b->conns; c; c = c->next) {
+        if (!c->read_paused || persist_hold_publisher(c))
+            continue;
+        c->read_paused = false;
+        if (c->state != CONN_CLOSED)
+            event_add(c->read_ev, NULL);
+        if (c->blocked_sent && !b->disk_alarm) {
+            struct amqp_method m = { .id = AMQP_CONNECTION_UNBLOCKED };
+            conn_send_method(c, 0, &m);
+            c->blocked_sent = false;
+        }
+    }
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct connection *c = arg;
     struct broker *b = c->b;
+    if (persist_hold_publisher(c)) {
+        pause_reading(c);
+        return;
+    }
     uint8_t *buf = b->readbuf;
     size_t len = c->pending_len;
     if (len)
@@ -811,7 +863,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
     if (c->heartbeat == 0)
         return;
-    if (c->recv_since_tick) {
+    if (c->recv_since_tick || c->read_paused) { /* a held publisher's heartbeats wait unread */
         c->missed_ticks = 0;
     } else if (++c->missed_ticks >= MISSED_TICKS_LIMIT) {
         log_warn("connection %s: missed heartbeats from client, timeout: %us", c->peer, c->heartbeat);

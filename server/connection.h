@@ -61,6 +61,10 @@ struct connection {
     uint32_t nexclusive, exclusive_cap;
     struct abuf out;             /* scratch for building frames */
     bool write_blocked;          /* output above the high watermark: deliveries pause */
+    bool publisher;              /* has published: held back while the store cannot keep up */
+    bool read_paused;            /* not read until the store catches up or the alarm ends */
+    bool cap_blocked;            /* client understands connection.blocked */
+    bool blocked_sent;           /* we sent connection.blocked and owe connection.unblocked */
     bool in_read;                /* inside the read callback: do not free now */
     bool free_pending;
 };
@@ -84,6 +88,12 @@ bool conn_writable(const struct connection *c);
 void conn_add_exclusive(struct connection *c, struct queue *q);
 void conn_remove_exclusive(struct connection *c, struct queue *q);
 void conn_free(struct connection **cp);
+/* Disk alarm: stops reading from publishing connections and sends connection.blocked
+ * with this reason to those that understand it. */
+void conn_block_publishers(struct broker *b, const char *reason);
+/* Reads again from held publishers that persist_hold_publisher no longer holds, and sends
+ * connection.unblocked where connection.blocked was sent. */
+void conn_resume_publishers(struct broker *b);
 /* Writes out every connection's pending frames; the broker calls it once per loop turn. */
 void conn_flush_all(struct broker *b);
 

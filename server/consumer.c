@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "amqp_methods.h"
+#include "server/broker.h"
 #include "server/channel_priv.h"
 #include "server/connection.h"
 #include "server/message.h"
@@ -80,10 +81,12 @@ static void ua_settle(struct channel *ch, struct unacked *u, uint8_t action)
     if (u->counted)
         ch->unacked_counted--;
     q->unacked--;
-    if (action == UA_TX_REQUEUE)
+    if (action == UA_TX_REQUEUE) {
         queue_requeue(q, u->e);
-    else
+    } else {
+        queue_settle(q, &u->e);
         message_unref(&u->e.msg);
+    }
     queue_unref(&u->q);
     ch->ua_live--;
 }
@@ -132,6 +135,7 @@ void consumer_deliver(struct consumer *c, struct qentry e)
     if (c->no_ack) {
         d->delivery_tag = ++ch->next_tag;
         conn_send_content(ch->conn, ch->id, &m, e.msg);
+        queue_settle(c->q, &e);
         message_unref(&e.msg);
         return;
     }
@@ -181,7 +185,8 @@ static struct queue *detach(struct consumer *c)
 
 static void maybe_auto_delete(struct queue *q)
 {
-    if (q->auto_delete && q->had_consumer && q->nconsumers == 0 && !q->deleted)
+    /* Not while stopping: a durable auto-delete queue outlives a restart, as in RabbitMQ. */
+    if (q->auto_delete && q->had_consumer && q->nconsumers == 0 && !q->deleted && !q->vh->broker->stopping)
         vhost_delete_queue(q->vh, q);
 }
 
@@ -283,11 +288,12 @@ static void basic_get(struct channel *ch, const struct amqp_basic_get *g)
     ok->redelivered = e.redelivered;
     ok->exchange = message_exchange(e.msg);
     ok->routing_key = message_rkey(e.msg);
-    ok->message_count = (uint32_t)q->count;
+    ok->message_count = (uint32_t)queue_ready(q);
     struct message *msg = e.msg;
     if (g->no_ack) {
         ok->delivery_tag = ++ch->next_tag;
         conn_send_content(ch->conn, ch->id, &m, msg);
+        queue_settle(q, &e);
         message_unref(&e.msg);
         return;
     }

@@ -9,6 +9,7 @@
 #include "server/connection.h"
 #include "server/exchange.h"
 #include "server/names.h"
+#include "server/persist.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -170,6 +171,7 @@ static void exchange_declare(struct channel *ch, const struct amqp_exchange_decl
             return;
         x = exchange_new(vh, d->exchange, type, d->durable, d->auto_delete, d->internal, d->arguments);
         vhost_add_exchange(vh, x);
+        persist_exchange_added(x);
     }
     if (!d->nowait)
         reply(ch, AMQP_EXCHANGE_DECLARE_OK);
@@ -220,7 +222,7 @@ static bool bind_or_unbind(struct channel *ch, bool bind, struct exchange *src, 
                 return false;
             struct binding **incoming = dest_is_exchange ? &((struct exchange *)dest)->incoming
                                                          : &((struct queue *)dest)->incoming;
-            binding_add(src, dest, dest_is_exchange, incoming, key, args);
+            persist_binding(binding_add(src, dest, dest_is_exchange, incoming, key, args), true);
         }
     } else if (b) {
         vhost_unbind(ch->conn->vh, b);
@@ -290,7 +292,7 @@ static void send_declare_ok(struct channel *ch, struct queue *q)
 {
     struct amqp_method ok = { .id = AMQP_QUEUE_DECLARE_OK };
     ok.a.queue_declare_ok.queue = queue_name(q);
-    ok.a.queue_declare_ok.message_count = (uint32_t)q->count;
+    ok.a.queue_declare_ok.message_count = (uint32_t)queue_ready(q);
     ok.a.queue_declare_ok.consumer_count = (uint32_t)q->nconsumers;
     conn_send_method(ch->conn, ch->id, &ok);
 }
@@ -345,6 +347,7 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
         if (d->exclusive)
             conn_add_exclusive(ch->conn, q);
         binding_add(vh->default_exchange, q, false, &q->incoming, name, amqp_cstr(""));
+        persist_queue_added(q);
     }
     remember_queue(ch, name);
     if (!d->nowait)
@@ -394,7 +397,7 @@ static void handle_queue_delete(struct channel *ch, const struct amqp_queue_dele
             channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "queue '%.*s' in vhost '%s' in use", STR(name), vh->name);
             return;
         }
-        if (d->if_empty && q->count > 0) {
+        if (d->if_empty && queue_ready(q) > 0) {
             channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "queue '%.*s' in vhost '%s' not empty", STR(name),
                           vh->name);
             return;

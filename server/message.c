@@ -15,6 +15,9 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     struct message *m = xmalloc(sizeof *m + meta + (inline_body ? body_len : 0));
     m->refs = 1;
     m->id = id;
+    m->store_shared = false;
+    m->store_op = 0;
+    m->store_batch = 0;
     m->exchange_len = (uint8_t)exchange.len;
     m->rkey_len = (uint8_t)rkey.len;
     m->props_len = (uint32_t)props_len;

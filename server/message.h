@@ -21,6 +21,9 @@ struct message {
     uint32_t props_len;    /* raw property flags + list, as the publisher sent them */
     uint32_t headers_off, headers_len; /* headers table inside the raw properties */
     bool has_headers;
+    bool store_shared;     /* stored with entries in more than one queue */
+    uint32_t store_op;     /* its insert in batch store_batch (see storage/store.h) */
+    uint64_t store_batch;  /* 0 = not written by this process */
     uint64_t id;
     uint64_t body_len;
     uint64_t body_received; /* while the body frames arrive */

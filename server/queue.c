@@ -6,6 +6,7 @@
 #include "server/broker.h"
 #include "server/channel.h"
 #include "server/message.h"
+#include "server/qstore.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
 
@@ -58,27 +59,49 @@ static void grow(struct queue *q)
     q->head = 0;
 }
 
-void queue_publish(struct queue *q, struct message *m)
+static void push_tail(struct queue *q, struct qentry e)
 {
     if (q->count == q->cap)
         grow(q);
-    struct qentry *e = at(q, q->count++);
-    e->msg = message_ref(m);
-    e->seq = q->next_seq++;
-    e->redelivered = false;
+    *at(q, q->count++) = e;
+    q->ring_bytes += e.msg->body_len;
+}
+
+void queue_publish(struct queue *q, struct message *m)
+{
+    struct qentry e = { .msg = m, .seq = q->next_seq++ };
+    if (qstore_wants(q, m) && !qstore_put(q, &e))
+        return; /* paged out: only in the store until the window drains */
+    message_ref(m);
+    push_tail(q, e);
     if (q->nconsumers)
         queue_wake(q);
 }
 
-int queue_pop(struct queue *q, struct qentry *out)
+void queue_append_loaded(struct queue *q, struct qentry e) { push_tail(q, e); }
+
+static int pop_ring(struct queue *q, struct qentry *out)
 {
     if (q->count == 0)
         return 0;
     *out = *at(q, 0);
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;
+    q->ring_bytes -= out->msg->body_len;
     return 1;
 }
+
+int queue_pop(struct queue *q, struct qentry *out)
+{
+    if (q->count == 0 && q->disk_count)
+        qstore_page_in(q);
+    if (!pop_ring(q, out))
+        return 0;
+    qstore_delivered(q, out);
+    return 1;
+}
+
+void queue_settle(struct queue *q, struct qentry *e) { qstore_remove(q, e); }
 
 void queue_requeue(struct queue *q, struct qentry e)
 {
@@ -110,16 +133,20 @@ void queue_requeue(struct queue *q, struct qentry e)
     }
     *at(q, pos) = e;
     q->count++;
+    q->ring_bytes += e.msg->body_len;
     if (q->nconsumers)
         queue_wake(q);
 }
 
 size_t queue_purge(struct queue *q)
 {
-    size_t n = q->count;
+    size_t n = (size_t)queue_ready(q);
     struct qentry e;
-    while (queue_pop(q, &e))
+    while (pop_ring(q, &e)) {
+        qstore_remove(q, &e);
         message_unref(&e.msg);
+    }
+    qstore_purge_paged(q);
     return n;
 }
 
@@ -157,7 +184,9 @@ void queue_wake(struct queue *q)
 
 void queue_dispatch(struct queue *q)
 {
-    while (q->count > 0 && q->nconsumers > 0) {
+    if (q->disk_count && q->count < QUEUE_WINDOW / 2 && q->nconsumers)
+        qstore_page_in(q);
+    while (queue_ready(q) > 0 && q->nconsumers > 0) {
         struct consumer *c = NULL;
         for (size_t tried = 0; tried < q->nconsumers; tried++) {
             struct consumer *cand = q->consumers[q->next_consumer];
@@ -170,7 +199,8 @@ void queue_dispatch(struct queue *q)
         if (!c)
             return;
         struct qentry e;
-        queue_pop(q, &e);
+        if (!queue_pop(q, &e))
+            return; /* paged-out entries not committed yet: woken after the commit */
         consumer_deliver(c, e);
     }
 }

@@ -15,12 +15,21 @@ struct connection;
 struct consumer;
 struct binding;
 
-/* One message in one queue. seq orders the queue; a requeue puts the entry back by seq. */
+/* One message in one queue. seq orders the queue; a requeue puts the entry back by seq.
+ * stored: the entry has a row in the store (or an insert in batch store_batch, op store_op). */
 struct qentry {
     struct message *msg;
     uint64_t seq;
+    uint64_t store_batch;
+    uint32_t store_op;
     bool redelivered;
+    bool stored;
 };
+
+/* A stored queue keeps at most this many ready messages (and bytes) in memory; the rest
+ * wait in the store and are paged in as the window drains. */
+#define QUEUE_WINDOW 4096
+#define QUEUE_WINDOW_BYTES (8u * 1024 * 1024)
 
 struct queue {
     char *name;
@@ -33,7 +42,17 @@ struct queue {
 
     struct qentry *ring;        /* ready messages: ring[(head + i) % cap], i < count */
     size_t head, count, cap;
+    size_t ring_bytes;          /* body bytes of the ring's messages */
     uint64_t next_seq;
+
+    uint64_t store_id;          /* durable, not exclusive: its id in the store; else 0 */
+    uint64_t disk_count;        /* ready entries paged out: in the store only, after the ring */
+    uint64_t disk_seq;          /* the lowest seq among them */
+    uint64_t disk_batch;        /* the batch that paged the newest of them out */
+    uint64_t delivered_seq;     /* before the last restart, entries up to here were delivered */
+    uint64_t delivered_batch;   /* the store's delivered mark for this queue, see store_set_delivered */
+    uint32_t delivered_op;
+    bool awaiting_commit;       /* paging in waits for disk_batch to commit */
 
     struct consumer **consumers;
     size_t nconsumers, consumers_cap, next_consumer;
@@ -49,6 +68,8 @@ struct queue {
 };
 
 static inline amqp_bytes queue_name(const struct queue *q) { return amqp_bytes_of(q->name, q->name_len); }
+/* Ready messages, in memory and paged out. */
+static inline uint64_t queue_ready(const struct queue *q) { return q->count + q->disk_count; }
 
 /* Creates a queue with refs = 1 (held by its vhost). Never NULL. */
 struct queue *queue_new(struct vhost *vh, amqp_bytes name, bool durable, bool exclusive,
@@ -59,12 +80,18 @@ void queue_unref(struct queue **qp);
 
 /* Appends a message (the queue takes its own reference) and wakes dispatch. */
 void queue_publish(struct queue *q, struct message *m);
-/* Pops the head. Returns 1 and fills *out (the caller owns out->msg's reference), 0 if empty. */
+/* Pops the head (paging in from the store first if the ring is empty). Returns 1 and fills
+ * *out (the caller owns out->msg's reference), 0 if nothing is ready. */
 int queue_pop(struct queue *q, struct qentry *out);
+/* The entry out of queue_pop is done with for good (acked, dropped, sent with no-ack):
+ * removes it from the store. */
+void queue_settle(struct queue *q, struct qentry *e);
 /* Puts a delivered entry back at its original position, marked redelivered; takes over
  * e's reference. A deleted queue just drops it. Wakes dispatch. */
 void queue_requeue(struct queue *q, struct qentry e);
-/* Removes every ready message; returns how many. */
+/* Appends an entry paged in from the store (qstore.c). */
+void queue_append_loaded(struct queue *q, struct qentry e);
+/* Removes every ready message, in memory and in the store; returns how many. */
 size_t queue_purge(struct queue *q);
 
 void queue_add_consumer(struct queue *q, struct consumer *c);

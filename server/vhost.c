@@ -5,6 +5,7 @@
 #include "server/channel.h"
 #include "server/connection.h"
 #include "server/exchange.h"
+#include "server/persist.h"
 #include "server/queue.h"
 #include "common/xalloc.h"
 
@@ -87,6 +88,7 @@ void vhost_add_queue(struct vhost *vh, struct queue *q) { xmap_put(&vh->queues, 
 void vhost_unbind(struct vhost *vh, struct binding *b)
 {
     struct exchange *src = b->source;
+    persist_binding(b, false);
     binding_remove(b, incoming_of(b));
     if (src->auto_delete && src->nbindings == 0 && !src->builtin)
         vhost_delete_exchange(vh, src);
@@ -94,6 +96,7 @@ void vhost_unbind(struct vhost *vh, struct binding *b)
 
 unsigned vhost_delete_queue(struct vhost *vh, struct queue *q)
 {
+    persist_queue_deleted(q);
     q->deleted = true;
     while (q->nconsumers)
         consumer_queue_deleted(q->consumers[q->nconsumers - 1]);
@@ -109,6 +112,7 @@ unsigned vhost_delete_queue(struct vhost *vh, struct queue *q)
 
 void vhost_delete_exchange(struct vhost *vh, struct exchange *x)
 {
+    persist_exchange_deleted(x);
     while (x->bindings)
         binding_remove(x->bindings, incoming_of(x->bindings));
     while (x->incoming)
