@@ -15,9 +15,9 @@
 #include "server/vhost.h"
 #include "storage/store.h"
 
-/* Above this much message data waiting for the writer, publishers are not read until a
- * commit lands: it bounds memory when publishers outrun the disk. */
-#define PUBLISH_HOLD_BYTES (16u * 1024 * 1024)
+/* Above this much waiting for the writer, publishers are not read and stored queues do
+ * not deliver until a commit lands: it bounds memory when clients outrun the disk. */
+#define BACKLOG_HOLD_BYTES (16u * 1024 * 1024)
 
 /* ---- store callbacks ------------------------------------------------------------------- */
 
@@ -265,5 +265,14 @@ void persist_wait_commit(struct queue *q)
 bool persist_hold_publisher(const struct connection *c)
 {
     const struct broker *b = c->b;
-    return c->publisher && b->store && (b->disk_alarm || store_open_bytes(b->store) >= PUBLISH_HOLD_BYTES);
+    return c->publisher && b->store && (b->disk_alarm || store_backlog(b->store) >= BACKLOG_HOLD_BYTES);
+}
+
+bool persist_hold_deliveries(struct queue *q)
+{
+    const struct broker *b = q->vh->broker;
+    if (!q->store_id || !b->store || store_backlog(b->store) < BACKLOG_HOLD_BYTES)
+        return false;
+    persist_wait_commit(q);
+    return true;
 }

@@ -36,4 +36,8 @@ void persist_wait_commit(struct queue *q);
  * more message data waits for the writer than one batch should hold. */
 bool persist_hold_publisher(const struct connection *c);
 
+/* True (and q is woken after the next commit) if stored queue q must not deliver now:
+ * every delivery's ack adds a write, and the writer is too far behind. */
+bool persist_hold_deliveries(struct queue *q);
+
 #endif

@@ -6,6 +6,7 @@
 #include "server/broker.h"
 #include "server/channel.h"
 #include "server/message.h"
+#include "server/persist.h"
 #include "server/qstore.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
@@ -184,6 +185,8 @@ void queue_wake(struct queue *q)
 
 void queue_dispatch(struct queue *q)
 {
+    if (persist_hold_deliveries(q))
+        return;
     if (q->disk_count && q->count < QUEUE_WINDOW / 2 && q->nconsumers)
         qstore_page_in(q);
     while (queue_ready(q) > 0 && q->nconsumers > 0) {

@@ -9,7 +9,7 @@
 
 enum stmt_id {
     S_BEGIN, S_COMMIT, S_ROLLBACK,
-    S_PUT_MESSAGE, S_PUT_ENTRY, S_DEL_ENTRY, S_DEL_MESSAGE, S_DEL_MESSAGE_IF_FREE,
+    S_PUT_MESSAGE, S_PUT_ENTRY, S_DEL_ENTRY, S_DEL_ENTRIES, S_DEL_MESSAGE, S_DEL_MESSAGES, S_DEL_MESSAGE_IF_FREE,
     S_SEL_FROM, S_DEL_FROM, S_DELIVERED,
     S_PUT_EXCHANGE, S_DEL_EXCHANGE, S_DEL_EXCHANGE_BINDINGS,
     S_PUT_QUEUE, S_DEL_QUEUE_BINDINGS, S_DEL_QUEUE,
@@ -25,7 +25,9 @@ static const char *const SQL[S_COUNT] = {
     [S_PUT_MESSAGE] = "INSERT OR REPLACE INTO messages (id, exchange, rkey, props, body, transient) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [S_PUT_ENTRY] = "INSERT OR REPLACE INTO entries (queue_id, seq, msg_id, shared, transient) VALUES (?1, ?2, ?3, ?4, ?5)",
     [S_DEL_ENTRY] = "DELETE FROM entries WHERE queue_id = ?1 AND seq = ?2",
+    [S_DEL_ENTRIES] = "DELETE FROM entries WHERE queue_id = ?1 AND seq BETWEEN ?2 AND ?3",
     [S_DEL_MESSAGE] = "DELETE FROM messages WHERE id = ?1",
+    [S_DEL_MESSAGES] = "DELETE FROM messages WHERE id BETWEEN ?1 AND ?2",
     [S_DEL_MESSAGE_IF_FREE] = "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS "
                               "(SELECT 1 FROM entries WHERE msg_id = ?1 AND shared = 1)",
     [S_SEL_FROM] = "SELECT msg_id, shared FROM entries WHERE queue_id = ?1 AND seq >= ?2",
@@ -161,6 +163,18 @@ static int apply_op(struct applier *ap, const struct batch *b, const struct op *
         sqlite3_bind_int(st, 5, b->ops[o->msg_op].flag_a);
         return run(st);
     case OP_REMOVE:
+        if (o->last_seq > o->seq) { /* merged unshared removes: entries and messages both consecutive */
+            st = ap->st[S_DEL_ENTRIES];
+            sqlite3_bind_int64(st, 1, (sqlite3_int64)o->qid);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)o->seq);
+            sqlite3_bind_int64(st, 3, (sqlite3_int64)o->last_seq);
+            if ((rc = run(st)) != SQLITE_OK)
+                return rc;
+            st = ap->st[S_DEL_MESSAGES];
+            sqlite3_bind_int64(st, 1, (sqlite3_int64)o->id);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)o->last_id);
+            return run(st);
+        }
         st = ap->st[S_DEL_ENTRY];
         sqlite3_bind_int64(st, 1, (sqlite3_int64)o->qid);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)o->seq);

@@ -12,7 +12,9 @@
 enum op_kind {
     OP_MESSAGE,        /* insert message id: f[0..3] = exchange, rkey, props, body */
     OP_ENTRY,          /* insert entry (qid, seq) of message `msg_id` */
-    OP_REMOVE,         /* delete entry (qid, seq); message msg_id too unless still held */
+    OP_REMOVE,         /* delete entries (qid, seq..last_seq) and their messages id..last_id
+                        * (one entry unless consecutive unshared removes were merged); a
+                        * shared message only when no other queue holds it */
     OP_REMOVE_FROM,    /* delete entries of qid with seq >= seq */
     OP_DELIVERED,      /* queue qid: entries up to seq may have been delivered */
     OP_EXCHANGE,       /* upsert: f = vhost, name, type, args */
@@ -36,6 +38,7 @@ struct op {
     uint32_t msg_op;   /* ENTRY: its MESSAGE op in this batch */
     uint64_t id;       /* message id (MESSAGE, ENTRY, REMOVE) */
     uint64_t qid, seq;
+    uint64_t last_seq, last_id; /* REMOVE: the range's end */
     amqp_bytes f[OP_FIELDS];
     void *cookie;      /* MESSAGE: handed back through the release callback */
 };

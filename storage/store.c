@@ -362,7 +362,7 @@ fail:
 
 uint64_t store_open_batch(const struct store *s) { return s->open->id; }
 uint64_t store_committed(const struct store *s) { return s->committed; }
-size_t store_open_bytes(const struct store *s) { return s->open->bytes; }
+size_t store_backlog(const struct store *s) { return s->open->bytes + (size_t)s->open->n * sizeof(struct op); }
 bool store_failing(const struct store *s) { return s->failing; }
 
 uint32_t store_put_message(struct store *s, uint64_t id, amqp_bytes exchange, amqp_bytes rkey, amqp_bytes props,
@@ -410,7 +410,25 @@ bool store_cancel_entry(struct store *s, uint64_t batch, uint32_t handle)
 
 void store_remove_entry(struct store *s, uint64_t qid, uint64_t seq, uint64_t msg_id, bool shared)
 {
-    struct op *o = batch_add(s->open, OP_REMOVE);
+    /* Acks usually come in order: extend the previous remove to a range when both the entry
+     * and the message follow on from it. */
+    struct batch *b = s->open;
+    struct op *last = b->n ? &b->ops[b->n - 1] : NULL;
+    if (last && last->kind == OP_REMOVE && !shared && !last->flag_a && last->qid == qid) {
+        if (last->last_seq + 1 == seq && last->last_id + 1 == msg_id) {
+            last->last_seq = seq;
+            last->last_id = msg_id;
+            return;
+        }
+        if (seq + 1 == last->seq && msg_id + 1 == last->id) { /* multiple acks settle newest first */
+            last->seq = seq;
+            last->id = msg_id;
+            return;
+        }
+    }
+    struct op *o = batch_add(b, OP_REMOVE);
+    o->last_seq = seq;
+    o->last_id = msg_id;
     o->qid = qid;
     o->seq = seq;
     o->id = msg_id;

@@ -78,8 +78,9 @@ int store_recover(struct store *s, const struct store_recovery *r, uint64_t *max
 uint64_t store_open_batch(const struct store *s);
 /* The highest batch id known committed. */
 uint64_t store_committed(const struct store *s);
-/* Bytes of message data in the open batch (for back-pressure). */
-size_t store_open_bytes(const struct store *s);
+/* Bytes that the open batch holds: message data and the writes themselves (for
+ * back-pressure while the writer is busy). */
+size_t store_backlog(const struct store *s);
 /* True while the writer is failing and retrying. */
 bool store_failing(const struct store *s);
 
