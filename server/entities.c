@@ -376,6 +376,7 @@ static void handle_queue_purge(struct channel *ch, const struct amqp_queue_purge
     if (!q)
         return;
     size_t n = queue_purge(q);
+    persist_queue_purged(q);
     if (d->nowait)
         return;
     struct amqp_method ok = { .id = AMQP_QUEUE_PURGE_OK };

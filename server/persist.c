@@ -218,6 +218,12 @@ void persist_queue_deleted(struct queue *q)
     store_delete_queue(s, q->store_id);
 }
 
+void persist_queue_purged(struct queue *q)
+{
+    if (q->store_id)
+        writable(q->vh->broker);
+}
+
 static bool binding_durable(const struct binding *bd)
 {
     if (bd->source->is_default || !bd->source->durable)

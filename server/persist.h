@@ -27,6 +27,8 @@ void persist_exchange_deleted(struct exchange *x);
 /* Gives a durable, non-exclusive queue its store id and writes it. */
 void persist_queue_added(struct queue *q);
 void persist_queue_deleted(struct queue *q);
+/* q was purged: its removals commit before purge-ok goes out. */
+void persist_queue_purged(struct queue *q);
 void persist_binding(struct binding *bd, bool added);
 
 /* Wakes q when the next batch commits (its paged-out entries wait for it). */
