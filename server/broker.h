@@ -32,6 +32,8 @@ struct broker {
     struct queue **page_waiters;  /* queues whose paged-out entries wait for a commit */
     size_t npage_waiters, page_waiters_cap;
     bool store_sync_needed;       /* a durable entity changed: commit before replying */
+    struct connection *sync_conn; /* the connection whose reply waits for that commit */
+    unsigned nheld;               /* connections whose output is held for a commit */
     bool disk_alarm;              /* writes fail: publishers are blocked */
     uint64_t next_message_id;
     uint64_t next_queue_id;

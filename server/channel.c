@@ -117,9 +117,13 @@ static void send_return(struct channel *ch, struct message *msg)
     conn_send_content(ch->conn, ch->id, &r, msg);
 }
 
+/* What became of a routed publish, for its confirm. */
+enum routed { ROUTED, ROUTED_STORED, ROUTED_REFUSED };
+
 /* Routes a complete message and hands it to its queues; consumes the caller's reference.
- * Returns true if it was written to the store (its confirm waits for the commit). */
-static bool route_message(struct channel *ch, struct message *msg, bool mandatory)
+ * ROUTED_STORED: written to the store (its confirm waits for the commit); ROUTED_REFUSED:
+ * a queue refused it (x-overflow reject-publish): the publisher gets a nack. */
+static enum routed route_message(struct channel *ch, struct message *msg, bool mandatory)
 {
     struct vhost *vh = ch->conn->vh;
     struct exchange *x = vhost_exchange(vh, message_exchange(msg));
@@ -133,22 +137,23 @@ static bool route_message(struct channel *ch, struct message *msg, bool mandator
     for (size_t i = 0; i < r->n && stored < 2; i++)
         stored += qstore_wants(r->queues[i], msg);
     msg->store_shared = stored > 1;
+    bool refused = false; /* dead-lettering inside routes with its own result, not r */
     for (size_t i = 0; i < r->n; i++)
-        queue_publish(r->queues[i], msg);
-    bool written = msg->store_batch != 0;
+        refused |= !queue_publish(r->queues[i], msg);
+    enum routed how = refused ? ROUTED_REFUSED : msg->store_batch ? ROUTED_STORED : ROUTED;
     message_unref(&msg);
-    return written;
+    return how;
 }
 
 /* Queues a reply until the open store batch commits. Replies keep their order: once one
  * waits, every later one waits behind it. */
-static void wait_commit(struct channel *ch, uint64_t seq, bool tx_commit_ok)
+static void wait_commit(struct channel *ch, uint64_t seq, enum wait_kind kind)
 {
     struct broker *b = ch->conn->b;
     uint64_t batch = store_open_batch(b->store);
     if (ch->waits_len > ch->waits_head) {
         struct commit_wait *last = &ch->waits[ch->waits_len - 1];
-        if (last->batch == batch && !last->tx_commit_ok && !tx_commit_ok) {
+        if (last->batch == batch && last->kind == WAIT_ACK && kind == WAIT_ACK) {
             last->seq = seq;
             return;
         }
@@ -164,20 +169,35 @@ static void wait_commit(struct channel *ch, uint64_t seq, bool tx_commit_ok)
         ch->waits_cap = ch->waits_cap ? ch->waits_cap * 2 : 8;
         ch->waits = xrealloc_array(ch->waits, ch->waits_cap, sizeof *ch->waits);
     }
-    ch->waits[ch->waits_len++] = (struct commit_wait){ batch, seq, tx_commit_ok };
+    ch->waits[ch->waits_len++] = (struct commit_wait){ batch, seq, kind };
 }
 
 static bool has_waits(const struct channel *ch) { return ch->waits_len > ch->waits_head; }
+
+/* basic.nack for publish seq, after the acks of everything before it. */
+static void send_nack(struct channel *ch, uint64_t seq)
+{
+    ch->ready_seq = seq - 1;
+    channel_flush_confirms(ch);
+    if (ch->state == CH_OPEN) {
+        struct amqp_method m = { .id = AMQP_BASIC_NACK };
+        m.a.basic_nack.delivery_tag = seq;
+        conn_send_method(ch->conn, ch->id, &m);
+    }
+    ch->ready_seq = ch->confirmed_seq = seq;
+}
 
 void channel_committed(struct channel *ch, uint64_t batch)
 {
     while (has_waits(ch) && ch->waits[ch->waits_head].batch <= batch) {
         struct commit_wait *w = &ch->waits[ch->waits_head++];
-        if (w->tx_commit_ok) {
+        if (w->kind == WAIT_TX_OK) {
             channel_flush_confirms(ch);
             struct amqp_method ok = { .id = AMQP_TX_COMMIT_OK };
             if (ch->state == CH_OPEN)
                 conn_send_method(ch->conn, ch->id, &ok);
+        } else if (w->kind == WAIT_NACK) {
+            send_nack(ch, w->seq);
         } else {
             ch->ready_seq = w->seq;
         }
@@ -200,11 +220,13 @@ static void complete_publish(struct channel *ch)
         ch->tx_pubs[ch->ntx_pubs++] = (struct tx_publish){ msg, ch->pub_mandatory };
         return;
     }
-    bool written = route_message(ch, msg, ch->pub_mandatory);
+    enum routed how = route_message(ch, msg, ch->pub_mandatory);
     if (!ch->confirm)
         return;
-    if (written || has_waits(ch))
-        wait_commit(ch, ch->publish_seq, false);
+    if (how == ROUTED_REFUSED)
+        has_waits(ch) ? wait_commit(ch, ch->publish_seq, WAIT_NACK) : send_nack(ch, ch->publish_seq);
+    else if (how == ROUTED_STORED || has_waits(ch))
+        wait_commit(ch, ch->publish_seq, WAIT_ACK);
     else
         ch->ready_seq = ch->publish_seq;
 }
@@ -358,13 +380,13 @@ static void tx_method(struct channel *ch, uint32_t id)
     if (id == AMQP_TX_COMMIT) {
         bool written = false;
         for (size_t i = 0; i < ch->ntx_pubs; i++) {
-            written |= route_message(ch, ch->tx_pubs[i].msg, ch->tx_pubs[i].mandatory);
+            written |= route_message(ch, ch->tx_pubs[i].msg, ch->tx_pubs[i].mandatory) == ROUTED_STORED;
             ch->tx_pubs[i].msg = NULL;
         }
         ch->ntx_pubs = 0;
         consumer_tx_commit(ch);
         if (written || has_waits(ch))
-            wait_commit(ch, 0, true); /* commit-ok once the messages are on disk */
+            wait_commit(ch, 0, WAIT_TX_OK); /* commit-ok once the messages are on disk */
         else
             reply(ch, AMQP_TX_COMMIT_OK);
     } else {

@@ -44,10 +44,11 @@ enum channel_state {
 enum pub_state { PUB_IDLE, PUB_AWAIT_HEADER, PUB_AWAIT_BODY };
 
 /* A reply that waits for the store to commit batch `batch`: the publisher confirm for
- * publishes up to seq, or tx.commit-ok. */
+ * publishes up to seq, the nack of publish seq, or tx.commit-ok. */
+enum wait_kind { WAIT_ACK, WAIT_NACK, WAIT_TX_OK };
 struct commit_wait {
     uint64_t batch, seq;
-    bool tx_commit_ok;
+    enum wait_kind kind;
 };
 
 struct tx_publish {

@@ -108,7 +108,28 @@ void conn_flush_all(struct broker *b)
         b->flush_list = c->flush_next;
         c->flush_pending = false;
         c->flush_next = NULL;
-        flush_now(c);
+        if (!c->held_until)
+            flush_now(c);
+    }
+}
+
+void conn_hold_output(struct connection *c, uint64_t batch)
+{
+    if (!c->held_until)
+        c->b->nheld++;
+    c->held_until = batch;
+}
+
+void conn_release_output(struct broker *b, uint64_t committed)
+{
+    if (!b->nheld)
+        return;
+    for (struct connection *c = b->conns; c; c = c->next) {
+        if (c->held_until && c->held_until <= committed) {
+            c->held_until = 0;
+            b->nheld--;
+            want_flush(c);
+        }
     }
 }
 
@@ -116,7 +137,12 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    flush_now(arg);
+    struct connection *c = arg;
+    if (c->held_until) { /* released by conn_release_output */
+        event_del(c->write_ev);
+        return;
+    }
+    flush_now(c);
 }
 
 static size_t frame_begin(struct abuf *b, uint8_t type, uint16_t channel)
@@ -323,6 +349,8 @@ void conn_free(struct connection **cp)
         log_info("connection %s closed (user '%s')", c->peer, c->user);
     else
         log_debug("connection %s closed before it was opened", c->peer);
+    if (c->held_until)
+        b->nheld--;
     if (c->flush_pending) {
         struct connection **pp = &b->flush_list;
         while (*pp != c)

@@ -65,6 +65,7 @@ struct connection {
     bool read_paused;            /* not read until the store catches up or the alarm ends */
     bool cap_blocked;            /* client understands connection.blocked */
     bool blocked_sent;           /* we sent connection.blocked and owe connection.unblocked */
+    uint64_t held_until;         /* output waits for this store batch to commit; 0 = not held */
     bool in_read;                /* inside the read callback: do not free now */
     bool free_pending;
 };
@@ -94,6 +95,11 @@ void conn_block_publishers(struct broker *b, const char *reason);
 /* Reads again from held publishers that persist_hold_publisher no longer holds, and sends
  * connection.unblocked where connection.blocked was sent. */
 void conn_resume_publishers(struct broker *b);
+/* Keeps c's output (a reply to a durable change, and all after it) unsent until store
+ * batch `batch` commits. */
+void conn_hold_output(struct connection *c, uint64_t batch);
+/* Sends the output held for batches up to `committed`. */
+void conn_release_output(struct broker *b, uint64_t committed);
 /* Writes out every connection's pending frames; the broker calls it once per loop turn. */
 void conn_flush_all(struct broker *b);
 

@@ -7,9 +7,11 @@
 #include "amqp_methods.h"
 #include "server/broker.h"
 #include "server/channel_priv.h"
+#include "server/deadletter.h"
 #include "server/connection.h"
 #include "server/message.h"
 #include "server/names.h"
+#include "server/persist.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
@@ -84,8 +86,12 @@ static void ua_settle(struct channel *ch, struct unacked *u, uint8_t action)
     if (action == UA_TX_REQUEUE) {
         queue_requeue(q, u->e);
     } else {
-        queue_settle(q, &u->e);
-        message_unref(&u->e.msg);
+        if (action == UA_TX_DROP)
+            queue_drop(q, &u->e, DL_REJECTED); /* dead-lettered if the queue says so */
+        else {
+            queue_settle(q, &u->e);
+            message_unref(&u->e.msg);
+        }
     }
     queue_unref(&u->q);
     ch->ua_live--;
@@ -278,7 +284,10 @@ static void basic_get(struct channel *ch, const struct amqp_basic_get *g)
     if (!q)
         return;
     struct qentry e;
-    if (!queue_pop(q, &e)) {
+    int got = queue_pop(q, &e);
+    if (!got && q->disk_count && persist_sync_now(ch->conn->b) == 0)
+        got = queue_pop(q, &e); /* the paged-out messages were still on their way to disk */
+    if (!got) {
         struct amqp_method empty = { .id = AMQP_BASIC_GET_EMPTY };
         conn_send_method(ch->conn, ch->id, &empty);
         return;

@@ -10,6 +10,7 @@
 #include "server/exchange.h"
 #include "server/names.h"
 #include "server/persist.h"
+#include "server/qargs.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -24,27 +25,6 @@ static void reply(struct channel *ch, uint32_t id)
 }
 
 static bool has_amq_prefix(amqp_bytes name) { return name.len >= 4 && memcmp(name.ptr, "amq.", 4) == 0; }
-
-/* RabbitMQ's names for field types in equivalence errors. */
-static const char *type_name(uint8_t t)
-{
-    switch (t) {
-    case 'S': return "longstr";
-    case 'I': return "signedint";
-    case 'l': return "long";
-    case 't': return "bool";
-    case 'F': return "table";
-    case 'A': return "array";
-    case 'b': return "byte";
-    case 's': return "short";
-    case 'd': return "double";
-    case 'f': return "float";
-    case 'T': return "timestamp";
-    case 'D': return "decimal";
-    case 'V': return "void";
-    default: return "unsigned";
-    }
-}
 
 /* RabbitMQ's wording: "'20'" when both sides have the argument, "the value '20' of type
  * 'signedint'" or "none" when only one side has it. */
@@ -67,7 +47,7 @@ static void describe(const struct field_value *v, bool present, bool both, char 
     if (both)
         snprintf(out, size, "'%s'", val);
     else
-        snprintf(out, size, "the value '%s' of type '%s'", val, type_name(v->type));
+        snprintf(out, size, "the value '%s' of type '%s'", val, qargs_type_name(v->type));
 }
 
 /* Compares the arguments RabbitMQ checks on redeclare; raises 406 naming the first that differs. */
@@ -412,7 +392,15 @@ static void handle_queue_delete(struct channel *ch, const struct amqp_queue_dele
     conn_send_method(ch->conn, ch->id, &ok);
 }
 
+static void handle(struct channel *ch, const struct amqp_method *m);
+
 void entities_handle(struct channel *ch, const struct amqp_method *m)
+{
+    handle(ch, m);
+    persist_reply_waits(ch->conn);
+}
+
+static void handle(struct channel *ch, const struct amqp_method *m)
 {
     switch (m->id) {
     case AMQP_EXCHANGE_DECLARE: exchange_declare(ch, &m->a.exchange_declare); break;

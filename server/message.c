@@ -25,6 +25,9 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     memcpy(m->data + exchange.len, rkey.ptr, rkey.len);
     memcpy(m->data + exchange.len + rkey.len, props, props_len);
     m->delivery_mode = (pr->flags & AMQP_PROP_DELIVERY_MODE) ? pr->delivery_mode : 0;
+    m->ttl = -1;
+    if (pr->flags & AMQP_PROP_EXPIRATION)
+        message_parse_expiration(pr->expiration, &m->ttl);
     m->priority = (pr->flags & AMQP_PROP_PRIORITY) ? pr->priority : 0;
     m->has_headers = (pr->flags & AMQP_PROP_HEADERS) != 0;
     m->headers_off = m->has_headers ? (uint32_t)(pr->headers.ptr - props) : 0;
@@ -33,6 +36,20 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     m->body_received = 0;
     m->body = inline_body ? m->data + meta : xmalloc(body_len);
     return m;
+}
+
+int message_parse_expiration(amqp_bytes s, int64_t *ms)
+{
+    if (s.len == 0 || s.len > 18)
+        return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        if (s.ptr[i] < '0' || s.ptr[i] > '9')
+            return -1;
+        v = v * 10 + (s.ptr[i] - '0');
+    }
+    *ms = v;
+    return 0;
 }
 
 void message_unref(struct message **mp)

@@ -18,6 +18,7 @@ struct message {
     uint8_t exchange_len, rkey_len;
     uint8_t delivery_mode; /* 2 = persistent */
     uint8_t priority;
+    int64_t ttl;           /* from the expiration property, ms; -1 = none */
     uint32_t props_len;    /* raw property flags + list, as the publisher sent them */
     uint32_t headers_off, headers_len; /* headers table inside the raw properties */
     bool has_headers;
@@ -38,6 +39,9 @@ struct amqp_basic_properties;
 struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
                             const uint8_t *props, size_t props_len,
                             const struct amqp_basic_properties *pr, uint64_t body_len);
+/* The expiration property: a non-negative integer in ms, as decimal digits. Returns 0
+ * and sets *ms, or -1 (and leaves *ms) if s is not one. */
+int message_parse_expiration(amqp_bytes s, int64_t *ms);
 static inline struct message *message_ref(struct message *m) { m->refs++; return m; }
 /* Drops one reference; frees the message at zero. Sets *mp to NULL. */
 void message_unref(struct message **mp);

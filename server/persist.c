@@ -11,6 +11,7 @@
 #include "server/exchange.h"
 #include "server/log.h"
 #include "server/message.h"
+#include "server/qpolicy.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 #include "storage/store.h"
@@ -36,6 +37,7 @@ static void on_committed(void *arg, uint64_t batch)
         queue_wake(q);
         queue_unref(&q);
     }
+    conn_release_output(b, batch);
     conn_resume_publishers(b);
     broker_wake(b);
 }
@@ -102,7 +104,10 @@ static void recover_queue(void *arg, const struct store_queue *sq)
     q->disk_seq = sq->first_seq;
     q->next_seq = sq->next_seq;
     q->delivered_seq = sq->delivered_seq;
+    q->disk_bytes = sq->bytes;
     vhost_add_queue(vh, q);
+    if (sq->first_expiry)
+        qpolicy_arm(q, sq->first_expiry);
     binding_add(vh->default_exchange, q, false, &q->incoming, sq->name, amqp_cstr(""));
     if (sq->count)
         log_info("store: queue '%.*s' recovered with %llu messages", (int)sq->name.len, (const char *)sq->name.ptr,
@@ -125,6 +130,19 @@ static void recover_binding(void *arg, const struct store_binding *sb)
     struct binding **incoming = sb->dest_is_exchange ? &((struct exchange *)dest)->incoming
                                                      : &((struct queue *)dest)->incoming;
     binding_add(src, dest, sb->dest_is_exchange, incoming, sb->rkey, sb->args);
+}
+
+int persist_sync_now(struct broker *b)
+{
+    uint64_t target;
+    return b->store ? store_sync(b->store, &target) : -1;
+}
+
+void persist_reply_waits(struct connection *c)
+{
+    struct broker *b = c->b;
+    if (b->store_sync_needed)
+        b->sync_conn = c;
 }
 
 int persist_open(struct broker *b)
@@ -160,8 +178,14 @@ void persist_end_of_turn(struct broker *b)
         return;
     if (b->store_sync_needed) {
         b->store_sync_needed = false;
-        if (store_sync(b->store) != 0)
-            log_warn("store: a declaration could not be written yet; it stays queued for the writer");
+        struct connection *c = b->sync_conn;
+        b->sync_conn = NULL;
+        uint64_t target;
+        if (store_sync(b->store, &target) != 0 && c) {
+            /* The change waits in the failing batch: so does the reply, and all after it. */
+            log_warn("store: connection %s: a durable change is not on disk yet; its reply waits", c->peer);
+            conn_hold_output(c, target);
+        }
         return;
     }
     store_submit(b->store);

@@ -31,6 +31,12 @@ void persist_queue_deleted(struct queue *q);
 void persist_queue_purged(struct queue *q);
 void persist_binding(struct binding *bd, bool added);
 
+/* Commits everything pending now, blocking the loop. Returns 0, or -1 if writing fails. */
+int persist_sync_now(struct broker *b);
+/* Call after handling a method of c that may have changed durable entities: if it did,
+ * c's reply goes out only once the change is committed. */
+void persist_reply_waits(struct connection *c);
+
 /* Wakes q when the next batch commits (its paged-out entries wait for it). */
 void persist_wait_commit(struct queue *q);
 

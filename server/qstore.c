@@ -7,6 +7,7 @@
 #include "server/log.h"
 #include "server/message.h"
 #include "server/persist.h"
+#include "server/qpolicy.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 #include "storage/store.h"
@@ -34,11 +35,12 @@ bool qstore_put(struct queue *q, struct qentry *e)
                                         amqp_bytes_of(m->body, m->body_len), m->delivery_mode != 2, message_ref(m));
         m->store_batch = batch;
     }
-    uint32_t op = store_put_entry(s, q->store_id, e->seq, m->store_op, m->store_shared);
+    uint32_t op = store_put_entry(s, q->store_id, e->seq, m->store_op, m->store_shared, e->expires_at);
     broker_wake(b);
     if (window_full(q)) {
         if (q->disk_count++ == 0)
             q->disk_seq = e->seq;
+        q->disk_bytes += m->body_len;
         q->disk_batch = batch;
         return false;
     }
@@ -76,6 +78,7 @@ void qstore_purge_paged(struct queue *q)
         broker_wake(q->vh->broker);
     }
     q->disk_count = 0;
+    q->disk_bytes = 0;
 }
 
 /* Appends one entry read back from the store to the ring. */
@@ -99,9 +102,15 @@ static void load_one(void *arg, const struct store_entry *se)
         .seq = se->seq,
         .redelivered = se->seq <= q->delivered_seq,
         .stored = true,
+        .expires_at = se->expires,
     };
+    if (m->ttl >= 0)
+        q->has_msg_ttl = true;
     queue_append_loaded(q, e);
+    if (e.expires_at)
+        qpolicy_arm(q, e.expires_at);
     q->disk_count--;
+    q->disk_bytes = q->disk_bytes > se->body.len ? q->disk_bytes - se->body.len : 0;
     q->disk_seq = se->seq + 1;
 }
 
@@ -119,6 +128,7 @@ size_t qstore_page_in(struct queue *q)
         log_error("store: queue '%s' should have %llu more messages in the store but has none; "
                   "counting them as gone", q->name, (unsigned long long)q->disk_count);
         q->disk_count = 0;
+        q->disk_bytes = 0;
     }
     return n > 0 ? (size_t)n : 0;
 }

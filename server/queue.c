@@ -6,7 +6,9 @@
 #include "server/broker.h"
 #include "server/channel.h"
 #include "server/message.h"
+#include "server/deadletter.h"
 #include "server/persist.h"
+#include "server/qpolicy.h"
 #include "server/qstore.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
@@ -25,6 +27,10 @@ struct queue *queue_new(struct vhost *vh, amqp_bytes name, bool durable, bool ex
     q->args = xmalloc(args.len);
     memcpy(q->args, args.ptr, args.len);
     q->args_len = args.len;
+    const char *bad;
+    char reason[128];
+    if (qargs_parse(amqp_bytes_of(q->args, q->args_len), &q->qa, &bad, reason, sizeof reason) != 0)
+        qargs_parse(amqp_bytes_of("", 0), &q->qa, &bad, reason, sizeof reason); /* checked at declare */
     q->refs = 1;
     q->next_seq = 1;
     return q;
@@ -39,6 +45,7 @@ void queue_unref(struct queue **qp)
     if (!q || --q->refs > 0)
         return;
     queue_purge(q);
+    qpolicy_free(q);
     free(q->ring);
     free(q->consumers);
     free(q->args);
@@ -68,20 +75,35 @@ static void push_tail(struct queue *q, struct qentry e)
     q->ring_bytes += e.msg->body_len;
 }
 
-void queue_publish(struct queue *q, struct message *m)
+bool queue_publish(struct queue *q, struct message *m)
 {
+    if (!qpolicy_admit(q, m))
+        return false;
     struct qentry e = { .msg = m, .seq = q->next_seq++ };
-    if (qstore_wants(q, m) && !qstore_put(q, &e))
-        return; /* paged out: only in the store until the window drains */
+    bool deliver_now;
+    if (!qpolicy_stamp(q, &e, &deliver_now)) {
+        deadletter(q, m, DL_EXPIRED); /* TTL 0 and nobody to take it */
+        return true;
+    }
+    if (qstore_wants(q, m) && !qstore_put(q, &e)) {
+        qpolicy_trim(q); /* paged out: only in the store until the window drains */
+        return true;
+    }
     message_ref(m);
     push_tail(q, e);
-    if (q->nconsumers)
+    if (e.expires_at)
+        qpolicy_arm(q, e.expires_at);
+    qpolicy_trim(q);
+    if (deliver_now)
+        queue_dispatch(q);
+    else if (q->nconsumers)
         queue_wake(q);
+    return true;
 }
 
 void queue_append_loaded(struct queue *q, struct qentry e) { push_tail(q, e); }
 
-static int pop_ring(struct queue *q, struct qentry *out)
+int queue_pop_ring(struct queue *q, struct qentry *out)
 {
     if (q->count == 0)
         return 0;
@@ -94,15 +116,31 @@ static int pop_ring(struct queue *q, struct qentry *out)
 
 int queue_pop(struct queue *q, struct qentry *out)
 {
-    if (q->count == 0 && q->disk_count)
-        qstore_page_in(q);
-    if (!pop_ring(q, out))
-        return 0;
+    int64_t now = 0;
+    for (;;) {
+        if (q->count == 0 && q->disk_count)
+            qstore_page_in(q);
+        if (!queue_pop_ring(q, out))
+            return 0;
+        if (out->expires_at && !now)
+            now = qpolicy_now();
+        if (!qpolicy_expired(out, now))
+            break;
+        queue_drop(q, out, DL_EXPIRED); /* never delivered once expired */
+    }
     qstore_delivered(q, out);
     return 1;
 }
 
 void queue_settle(struct queue *q, struct qentry *e) { qstore_remove(q, e); }
+
+void queue_drop(struct queue *q, struct qentry *e, int reason)
+{
+    if (!q->deleted)
+        deadletter(q, e->msg, (enum dl_reason)reason);
+    qstore_remove(q, e);
+    message_unref(&e->msg);
+}
 
 void queue_requeue(struct queue *q, struct qentry e)
 {
@@ -143,7 +181,7 @@ size_t queue_purge(struct queue *q)
 {
     size_t n = (size_t)queue_ready(q);
     struct qentry e;
-    while (pop_ring(q, &e)) {
+    while (queue_pop_ring(q, &e)) {
         qstore_remove(q, &e);
         message_unref(&e.msg);
     }

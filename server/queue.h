@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "amqp/bytes.h"
+#include "server/qargs.h"
 
 struct message;
 struct vhost;
@@ -20,6 +21,7 @@ struct binding;
 struct qentry {
     struct message *msg;
     uint64_t seq;
+    int64_t expires_at;         /* ms since the epoch; 0 = never */
     uint64_t store_batch;
     uint32_t store_op;
     bool redelivered;
@@ -39,6 +41,7 @@ struct queue {
     struct connection *owner;   /* exclusive owner, else NULL */
     uint8_t *args;              /* raw arguments table */
     size_t args_len;
+    struct qargs qa;            /* the arguments Warren acts on, parsed from args */
 
     struct qentry *ring;        /* ready messages: ring[(head + i) % cap], i < count */
     size_t head, count, cap;
@@ -48,11 +51,16 @@ struct queue {
     uint64_t store_id;          /* durable, not exclusive: its id in the store; else 0 */
     uint64_t disk_count;        /* ready entries paged out: in the store only, after the ring */
     uint64_t disk_seq;          /* the lowest seq among them */
+    uint64_t disk_bytes;        /* their body bytes */
     uint64_t disk_batch;        /* the batch that paged the newest of them out */
     uint64_t delivered_seq;     /* before the last restart, entries up to here were delivered */
     uint64_t delivered_batch;   /* the store's delivered mark for this queue, see store_set_delivered */
     uint32_t delivered_op;
     bool awaiting_commit;       /* paging in waits for disk_batch to commit */
+
+    int64_t next_expiry;        /* deadline of expiry_ev (ms since the epoch); 0 = not armed */
+    struct event *expiry_ev;
+    bool has_msg_ttl;           /* an entry has its own TTL: expiry scans the whole ring */
 
     struct consumer **consumers;
     size_t nconsumers, consumers_cap, next_consumer;
@@ -68,8 +76,9 @@ struct queue {
 };
 
 static inline amqp_bytes queue_name(const struct queue *q) { return amqp_bytes_of(q->name, q->name_len); }
-/* Ready messages, in memory and paged out. */
+/* Ready messages, in memory and paged out, and their body bytes. */
 static inline uint64_t queue_ready(const struct queue *q) { return q->count + q->disk_count; }
+static inline uint64_t queue_ready_bytes(const struct queue *q) { return q->ring_bytes + q->disk_bytes; }
 
 /* Creates a queue with refs = 1 (held by its vhost). Never NULL. */
 struct queue *queue_new(struct vhost *vh, amqp_bytes name, bool durable, bool exclusive,
@@ -78,9 +87,12 @@ void queue_ref(struct queue *q);
 /* Drops a reference; frees the queue (and its remaining messages) at zero. */
 void queue_unref(struct queue **qp);
 
-/* Appends a message (the queue takes its own reference) and wakes dispatch. */
-void queue_publish(struct queue *q, struct message *m);
-/* Pops the head (paging in from the store first if the ring is empty). Returns 1 and fills
+/* Appends a message (the queue takes its own reference) and wakes dispatch, applying
+ * the queue's TTL and length limit (which may dead-letter or drop messages). Returns false
+ * if the queue refused it (x-overflow reject-publish): the publisher gets a nack. */
+bool queue_publish(struct queue *q, struct message *m);
+/* Pops the head (paging in from the store first if the ring is empty; expired entries
+ * are dead-lettered and skipped). Returns 1 and fills
  * *out (the caller owns out->msg's reference), 0 if nothing is ready. */
 int queue_pop(struct queue *q, struct qentry *out);
 /* The entry out of queue_pop is done with for good (acked, dropped, sent with no-ack):
@@ -91,6 +103,11 @@ void queue_settle(struct queue *q, struct qentry *e);
 void queue_requeue(struct queue *q, struct qentry e);
 /* Appends an entry paged in from the store (qstore.c). */
 void queue_append_loaded(struct queue *q, struct qentry e);
+/* Removes the head without expiry checks. Returns 1 and fills *out, 0 if the ring is empty. */
+int queue_pop_ring(struct queue *q, struct qentry *out);
+/* Drops e for good (the caller's reference goes): dead-letters it for reason (an enum
+ * dl_reason) if the queue has a dead-letter exchange, and removes it from the store. */
+void queue_drop(struct queue *q, struct qentry *e, int reason);
 /* Removes every ready message, in memory and in the store; returns how many. */
 size_t queue_purge(struct queue *q);
 

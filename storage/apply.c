@@ -23,7 +23,8 @@ static const char *const SQL[S_COUNT] = {
     [S_ROLLBACK] = "ROLLBACK",
     /* OR REPLACE everywhere: a batch whose commit outcome was unknown may be applied twice. */
     [S_PUT_MESSAGE] = "INSERT OR REPLACE INTO messages (id, exchange, rkey, props, body, transient) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [S_PUT_ENTRY] = "INSERT OR REPLACE INTO entries (queue_id, seq, msg_id, shared, transient) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [S_PUT_ENTRY] = "INSERT OR REPLACE INTO entries (queue_id, seq, msg_id, shared, transient, expires, size) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [S_DEL_ENTRY] = "DELETE FROM entries WHERE queue_id = ?1 AND seq = ?2",
     [S_DEL_ENTRIES] = "DELETE FROM entries WHERE queue_id = ?1 AND seq BETWEEN ?2 AND ?3",
     [S_DEL_MESSAGE] = "DELETE FROM messages WHERE id = ?1",
@@ -161,6 +162,8 @@ static int apply_op(struct applier *ap, const struct batch *b, const struct op *
         sqlite3_bind_int64(st, 3, (sqlite3_int64)o->id);
         sqlite3_bind_int(st, 4, o->flag_a);
         sqlite3_bind_int(st, 5, b->ops[o->msg_op].flag_a);
+        sqlite3_bind_int64(st, 6, o->expires);
+        sqlite3_bind_int64(st, 7, (sqlite3_int64)b->ops[o->msg_op].f[3].len);
         return run(st);
     case OP_REMOVE:
         if (o->last_seq > o->seq) { /* merged unshared removes: entries and messages both consecutive */

@@ -39,6 +39,7 @@ struct op {
     uint64_t id;       /* message id (MESSAGE, ENTRY, REMOVE) */
     uint64_t qid, seq;
     uint64_t last_seq, last_id; /* REMOVE: the range's end */
+    int64_t expires;            /* ENTRY: ms since the epoch, 0 = never */
     amqp_bytes f[OP_FIELDS];
     void *cookie;      /* MESSAGE: handed back through the release callback */
 };

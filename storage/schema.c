@@ -7,7 +7,9 @@
 /* Entries are (queue, seq) -> message; a message row is stored once however many queues
  * hold it. `shared` marks entries whose message is held by several queues: only those are
  * indexed by message, for the "is anyone else still holding it" check on delete.
- * `transient` marks non-persistent messages paged out of memory: dropped at startup. */
+ * `transient` marks non-persistent messages paged out of memory: dropped at startup.
+ * `expires` is the entry's expiry (ms since the epoch, 0 = never); `size` its body size,
+ * for length limits in bytes. */
 static const char SCHEMA_SQL[] =
     "CREATE TABLE exchanges ("
     "  vhost TEXT NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL,"
@@ -28,6 +30,7 @@ static const char SCHEMA_SQL[] =
     "CREATE TABLE entries ("
     "  queue_id INTEGER NOT NULL, seq INTEGER NOT NULL, msg_id INTEGER NOT NULL,"
     "  shared INTEGER NOT NULL, transient INTEGER NOT NULL,"
+    "  expires INTEGER NOT NULL, size INTEGER NOT NULL,"
     "  PRIMARY KEY (queue_id, seq)) WITHOUT ROWID;"
     "CREATE INDEX entries_shared ON entries (msg_id) WHERE shared = 1;"
     "CREATE INDEX entries_transient ON entries (queue_id, seq) WHERE transient = 1;";

@@ -168,7 +168,7 @@ struct store *store_open(const char *dir, const struct store_callbacks *cb)
     if (!(s->rdb = schema_open_reader(s->path)))
         goto fail;
     if (sqlite3_prepare_v3(s->rdb,
-                           "SELECT e.seq, e.msg_id, e.shared, m.exchange, m.rkey, m.props, m.body "
+                           "SELECT e.seq, e.msg_id, e.shared, m.exchange, m.rkey, m.props, m.body, e.expires "
                            "FROM entries e JOIN messages m ON m.id = e.msg_id "
                            "WHERE e.queue_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3",
                            -1, SQLITE_PREPARE_PERSISTENT, &s->read_st, NULL) != SQLITE_OK) {
@@ -199,7 +199,8 @@ void store_close(struct store **sp)
     if (!s)
         return;
     if (s->thread_started) {
-        if (!s->failing && store_sync(s) != 0)
+        uint64_t target;
+        if (!s->failing && store_sync(s, &target) != 0)
             log_warn("store: closing while writes fail; unconfirmed writes are given up");
         pthread_mutex_lock(&s->mu);
         s->stop = true;
@@ -259,7 +260,8 @@ static int recover_queues(struct store *s, const struct store_recovery *r)
     int rc = sqlite3_prepare_v2(s->wdb, "SELECT id, vhost, name, auto_delete, args, delivered_seq FROM queues ORDER BY id",
                                 -1, &st, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(s->wdb, "SELECT count(*), min(seq), max(seq) FROM entries WHERE queue_id = ?1", -1,
+        rc = sqlite3_prepare_v2(s->wdb, "SELECT count(*), min(seq), max(seq), total(size), "
+                                "min(CASE WHEN expires > 0 THEN expires END) FROM entries WHERE queue_id = ?1", -1,
                                 &cnt, NULL);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_queue q = {
@@ -276,6 +278,8 @@ static int recover_queues(struct store *s, const struct store_recovery *r)
         q.count = (uint64_t)sqlite3_column_int64(cnt, 0);
         q.first_seq = (uint64_t)sqlite3_column_int64(cnt, 1);
         uint64_t max_seq = (uint64_t)sqlite3_column_int64(cnt, 2);
+        q.bytes = (uint64_t)sqlite3_column_int64(cnt, 3);
+        q.first_expiry = sqlite3_column_int64(cnt, 4);
         q.next_seq = (max_seq > q.delivered_seq ? max_seq : q.delivered_seq) + 1;
         sqlite3_reset(cnt);
         r->queue(r->arg, &q);
@@ -380,7 +384,8 @@ uint32_t store_put_message(struct store *s, uint64_t id, amqp_bytes exchange, am
     return s->open->n - 1;
 }
 
-uint32_t store_put_entry(struct store *s, uint64_t qid, uint64_t seq, uint32_t msg_handle, bool shared)
+uint32_t store_put_entry(struct store *s, uint64_t qid, uint64_t seq, uint32_t msg_handle, bool shared,
+                         int64_t expires)
 {
     struct op *m = &s->open->ops[msg_handle];
     m->live++;
@@ -391,6 +396,7 @@ uint32_t store_put_entry(struct store *s, uint64_t qid, uint64_t seq, uint32_t m
     o->id = msg_id;
     o->msg_op = msg_handle;
     o->flag_a = shared;
+    o->expires = expires;
     return s->open->n - 1;
 }
 
@@ -558,11 +564,12 @@ void store_reap(struct store *s)
     store_submit(s);
 }
 
-int store_sync(struct store *s)
+int store_sync(struct store *s, uint64_t *batch)
 {
+    uint64_t target = s->open->n ? s->open->id : s->open->id - 1;
+    *batch = target;
     if (!s->thread_started)
         return -1;
-    uint64_t target = s->open->n ? s->open->id : s->open->id - 1;
     while (s->committed < target) {
         store_submit(s);
         if (s->failing)
@@ -595,6 +602,7 @@ long store_read_entries(struct store *s, uint64_t qid, uint64_t from_seq, size_t
             .rkey = col_bytes(st, 4),
             .props = col_bytes(st, 5),
             .body = col_bytes(st, 6),
+            .expires = sqlite3_column_int64(st, 7),
         };
         fn(arg, &e);
         n++;

@@ -52,6 +52,8 @@ struct store_queue {
     amqp_bytes name, args;
     bool auto_delete;
     uint64_t count;          /* entries waiting */
+    uint64_t bytes;          /* their body bytes */
+    int64_t first_expiry;    /* the earliest expiry among them (ms since the epoch), 0 = none */
     uint64_t first_seq;      /* lowest entry seq (when count > 0) */
     uint64_t next_seq;       /* above every seq ever used by this queue */
     uint64_t delivered_seq;  /* entries up to this seq may have been delivered */
@@ -89,9 +91,11 @@ bool store_failing(const struct store *s);
  * has entries in more than one queue. Returns a handle for store_put_entry. */
 uint32_t store_put_message(struct store *s, uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
                            amqp_bytes props, amqp_bytes body, bool transient, void *cookie);
-/* Puts message msg_handle (from store_put_message in this batch) in queue qid at seq.
+/* Puts message msg_handle (from store_put_message in this batch) in queue qid at seq;
+ * expires: ms since the epoch, 0 = never.
  * Returns a handle that store_cancel_entry accepts while the batch is still open. */
-uint32_t store_put_entry(struct store *s, uint64_t qid, uint64_t seq, uint32_t msg_handle, bool shared);
+uint32_t store_put_entry(struct store *s, uint64_t qid, uint64_t seq, uint32_t msg_handle, bool shared,
+                         int64_t expires);
 /* Undoes an entry put in batch `batch` if that batch is still open (the message was acked
  * before it was written); when no entry of the message is left, the message goes too.
  * Returns true if undone, false if the caller must store_remove_entry instead. */
@@ -115,14 +119,16 @@ void store_delete_binding(struct store *s, const struct store_binding *b);
 /* Hands the open batch to the writer if it is idle (else it waits for the next reap).
  * Call once per loop turn. */
 void store_submit(struct store *s);
-/* Waits until everything written so far is committed. Returns 0, or -1 if writing is
- * failing (the writes stay queued and are retried). Blocks the loop: for rare changes. */
-int store_sync(struct store *s);
+/* Waits until everything written so far is committed. Sets *batch to the batch that
+ * holds the last write. Returns 0, or -1 if writing is failing (the writes stay queued
+ * and are retried; *batch commits later). Blocks the loop: for rare changes. */
+int store_sync(struct store *s, uint64_t *batch);
 
 /* ---- reads: the loop thread pages entries back in ---- */
 
 struct store_entry {
     uint64_t seq, msg_id;
+    int64_t expires;
     bool shared;
     amqp_bytes exchange, rkey, props, body; /* valid only during the callback */
 };

@@ -8,6 +8,8 @@ import re
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
 
 import pika
 import pytest
@@ -352,3 +354,39 @@ class Amqp:
                 conn.close()
             except Exception:
                 pass
+
+
+# Every basic property, with a header table that uses each field type.
+ALL_PROPERTIES = dict(
+    content_type="application/json",
+    content_encoding="gzip",
+    headers={
+        "str": "hello \u2713",
+        "int": 42,
+        "neg": -7,
+        "long": 2 ** 40,
+        "bool_t": True,
+        "bool_f": False,
+        "dec": Decimal("3.14"),
+        "negdec": Decimal("-0.5"),
+        "ts": datetime(2024, 1, 2, 3, 4, 5),
+        "void": None,
+        "bytes": b"\x00\x01\xfe\xff",
+        "table": {"a": 1, "nested": {"b": [1, "two", {"c": True}]}},
+        "array": [1, "x", [2, 3], {"k": "v"}, None, Decimal("1.5")],
+        "empty_table": {},
+        "empty_array": [],
+        "": "empty key",
+    },
+    delivery_mode=2,
+    priority=7,
+    correlation_id="corr-\u00e9",
+    reply_to="reply.queue",
+    expiration="600000",
+    message_id="msg-1",
+    timestamp=1700000000,
+    type="order.created",
+    user_id="guest",  # must be the connection's user (RabbitMQ validates it)
+    app_id="warren-tests",
+    cluster_id="cluster-a",
+)

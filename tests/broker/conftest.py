@@ -9,6 +9,9 @@ Environment:
   WARREN_TEST_KEEP if set, keep the brokers' data and stderr directories.
   WARREN_START_TIMEOUT  seconds to wait for a started broker to accept
                    connections (default 10).
+
+Markers: `crash` (tests/broker/test_crash.py, SIGKILL rounds; run by default,
+deselect with `-m "not crash"`).
 """
 
 import os
@@ -101,8 +104,9 @@ class BrokerProcess:
 
     external = False
 
-    def __init__(self, binary=None):
+    def __init__(self, binary=None, env=None):
         self.binary = binary or warren_bin()
+        self.env = dict(env or {})  # added to (overriding) os.environ
         self.host = "127.0.0.1"
         self.port = None
         self.proc = None
@@ -126,7 +130,8 @@ class BrokerProcess:
             self.proc = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", self.host,
                  "--data", str(self.datadir), "--log-level", "debug"],
-                stdin=subprocess.DEVNULL, stdout=errf, stderr=errf)
+                stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
+                env=dict(os.environ, **self.env) if self.env else None)
             errf.close()
             # Ready when the broker answers a protocol header; a port that
             # only accepts TCP until the deadline counts as ready too, so
@@ -205,6 +210,9 @@ def start_broker():
 
 
 def _finish(b, what):
+    if b.proc is None:  # never started
+        b.cleanup()
+        return None
     rc = b.stop()
     problems = b.problems()
     b.cleanup(keep=bool(problems))
@@ -213,6 +221,12 @@ def _finish(b, what):
             what, "; ".join(problems), b.stderr_path, b.stderr_tail()),
             pytrace=False)
     return rc
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "crash: SIGKILL crash rounds (test_crash.py); run by "
+        "default, deselect with -m 'not crash'")
 
 
 @pytest.fixture(scope="session")
@@ -240,10 +254,12 @@ def fresh_broker():
         pytest.skip("needs its own broker process (AMQP_EXTERNAL is set)")
     started = []
 
-    def factory():
-        b = BrokerProcess()
+    def factory(env=None, start=True):
+        """env: extra environment variables for the broker; start=False
+        returns it unstarted (call .start() after preparing .datadir)."""
+        b = BrokerProcess(env=env)
         started.append(b)
-        return b.start()
+        return b.start() if start else b
 
     yield factory
     for b in started:

@@ -2,14 +2,12 @@
 
 import random
 import time
-from datetime import datetime
-from decimal import Decimal
 
 import pika
 import pytest
 from pika import spec
 
-from brokertest import (Collector, bodies, channel_error, connection_error,
+from brokertest import (ALL_PROPERTIES, Collector, bodies, channel_error, connection_error,
                         counts, get_all, no_exchange, no_queue, publish, pump,
                         rpc, send, settle, sync, uname)
 
@@ -102,39 +100,6 @@ def test_immediate_publish_not_implemented(amqp):
         sync(ch)
 
 
-ALL_PROPERTIES = dict(
-    content_type="application/json",
-    content_encoding="gzip",
-    headers={
-        "str": "hello \u2713",
-        "int": 42,
-        "neg": -7,
-        "long": 2 ** 40,
-        "bool_t": True,
-        "bool_f": False,
-        "dec": Decimal("3.14"),
-        "negdec": Decimal("-0.5"),
-        "ts": datetime(2024, 1, 2, 3, 4, 5),
-        "void": None,
-        "bytes": b"\x00\x01\xfe\xff",
-        "table": {"a": 1, "nested": {"b": [1, "two", {"c": True}]}},
-        "array": [1, "x", [2, 3], {"k": "v"}, None, Decimal("1.5")],
-        "empty_table": {},
-        "empty_array": [],
-        "": "empty key",
-    },
-    delivery_mode=2,
-    priority=7,
-    correlation_id="corr-\u00e9",
-    reply_to="reply.queue",
-    expiration="600000",
-    message_id="msg-1",
-    timestamp=1700000000,
-    type="order.created",
-    user_id="guest",  # must be the connection's user (RabbitMQ validates it)
-    app_id="warren-tests",
-    cluster_id="cluster-a",
-)
 
 
 def assert_all_properties(p):

@@ -4,7 +4,6 @@ durable state across a restart. Skipped with AMQP_EXTERNAL."""
 import signal
 
 import pika
-import pytest
 from pika import spec
 
 from brokertest import (Collector, CloseRecorder, channel_error,
@@ -45,8 +44,6 @@ def test_sigterm_with_no_clients_exits_0(fresh_broker):
     assert b.problems() == []
 
 
-@pytest.mark.skip(reason="durable storage arrives with the SQLite store (issue 5); "
-                         "until then durable entities live in memory only")
 def test_durable_entities_and_persistent_messages_survive_restart(
         fresh_broker):
     b = fresh_broker()
