@@ -185,6 +185,7 @@ void broker_free(struct broker *b)
     }
     on_dispatch(-1, 0, b);
     persist_close(b); /* before the vhost goes: tearing it down is not a deletion */
+    on_dispatch(-1, 0, b); /* queues the last commits woke up */
     vhost_free(&b->vhost);
     route_result_free(&b->route);
     free(b->readbuf);

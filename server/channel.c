@@ -150,7 +150,9 @@ static enum routed route_message(struct channel *ch, struct message *msg, bool m
 static void wait_commit(struct channel *ch, uint64_t seq, enum wait_kind kind)
 {
     struct broker *b = ch->conn->b;
-    uint64_t batch = store_open_batch(b->store);
+    /* The newest batch with writes: this reply's writes (if any) are in it, and so are
+     * those of every earlier waiting reply. An empty open batch would never commit. */
+    uint64_t batch = store_pending_batch(b->store);
     if (ch->waits_len > ch->waits_head) {
         struct commit_wait *last = &ch->waits[ch->waits_len - 1];
         if (last->batch == batch && last->kind == WAIT_ACK && kind == WAIT_ACK) {
@@ -182,6 +184,7 @@ static void send_nack(struct channel *ch, uint64_t seq)
     if (ch->state == CH_OPEN) {
         struct amqp_method m = { .id = AMQP_BASIC_NACK };
         m.a.basic_nack.delivery_tag = seq;
+        m.a.basic_nack.requeue = true; /* as RabbitMQ sets it on publisher nacks */
         conn_send_method(ch->conn, ch->id, &m);
     }
     ch->ready_seq = ch->confirmed_seq = seq;
@@ -299,6 +302,13 @@ void channel_handle_header(struct channel *ch, const uint8_t *p, size_t len)
                       ch->conn->user);
         return;
     }
+    int64_t ttl;
+    char reason[96];
+    if ((pr.flags & AMQP_PROP_EXPIRATION) && message_parse_expiration(pr.expiration, &ttl, reason, sizeof reason) != 0) {
+        channel_error(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "invalid expiration '%.*s': %s",
+                      (int)(pr.expiration.len > 100 ? 100 : pr.expiration.len), (const char *)pr.expiration.ptr, reason);
+        return;
+    }
     struct broker *b = ch->conn->b;
     ch->pub_msg = message_new(++b->next_message_id, amqp_bytes_of(ch->pub_exchange, ch->pub_exchange_len),
                               amqp_bytes_of(ch->pub_rkey, ch->pub_rkey_len), props, props_len, &pr, body_size);
@@ -385,6 +395,9 @@ static void tx_method(struct channel *ch, uint32_t id)
         }
         ch->ntx_pubs = 0;
         consumer_tx_commit(ch);
+        struct store *s = ch->conn->b->store;
+        if (s && store_pending_batch(s) > store_committed(s))
+            written = true; /* the acks' removes (or other writes) must be on disk first */
         if (written || has_waits(ch))
             wait_commit(ch, 0, WAIT_TX_OK); /* commit-ok once the messages are on disk */
         else

@@ -21,6 +21,7 @@ struct consumer {
     char tag[256];
     uint8_t tag_len;
     bool no_ack, exclusive;
+    int32_t priority;      /* x-priority argument of basic.consume; default 0 */
     uint16_t prefetch;     /* per-consumer limit; 0 = none */
     uint32_t unacked;      /* deliveries not yet acked */
 };

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amqp/table.h"
 #include "amqp_methods.h"
 #include "server/broker.h"
 #include "server/channel_priv.h"
@@ -12,6 +13,7 @@
 #include "server/message.h"
 #include "server/names.h"
 #include "server/persist.h"
+#include "server/qpolicy.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
@@ -191,6 +193,8 @@ static struct queue *detach(struct consumer *c)
 
 static void maybe_auto_delete(struct queue *q)
 {
+    if (q->nconsumers == 0)
+        qpolicy_touch(q);
     /* Not while stopping: a durable auto-delete queue outlives a restart, as in RabbitMQ. */
     if (q->auto_delete && q->had_consumer && q->nconsumers == 0 && !q->deleted && !q->vh->broker->stopping)
         vhost_delete_queue(q->vh, q);
@@ -238,6 +242,10 @@ static void basic_consume(struct channel *ch, const struct amqp_basic_consume *b
     c->no_ack = bc->no_ack;
     c->exclusive = bc->exclusive;
     c->prefetch = ch->prefetch_consumer;
+    struct field_value prio;
+    int64_t p;
+    if (table_get(bc->arguments, "x-priority", &prio) == 1 && field_as_int64(&prio, &p) == 0)
+        c->priority = (int32_t)(p > INT32_MAX ? INT32_MAX : p < INT32_MIN ? INT32_MIN : p);
     if (ch->nconsumers == ch->consumers_cap) {
         ch->consumers_cap = ch->consumers_cap ? ch->consumers_cap * 2 : 4;
         ch->consumers = xrealloc(ch->consumers, ch->consumers_cap * sizeof *ch->consumers);
@@ -283,6 +291,7 @@ static void basic_get(struct channel *ch, const struct amqp_basic_get *g)
     struct queue *q = channel_use_queue(ch, g->queue, AMQP_BASIC_GET);
     if (!q)
         return;
+    qpolicy_touch(q);
     struct qentry e;
     int got = queue_pop(q, &e);
     if (!got && q->disk_count && persist_sync_now(ch->conn->b) == 0)

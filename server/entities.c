@@ -11,6 +11,7 @@
 #include "server/names.h"
 #include "server/persist.h"
 #include "server/qargs.h"
+#include "server/qpolicy.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -321,6 +322,13 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
                           STR(name));
             return;
         }
+        struct qargs qa;
+        char who[320], err[512];
+        snprintf(who, sizeof who, "queue '%.*s' in vhost '%s'", STR(name), vh->name);
+        if (qargs_parse(d->arguments, &qa, who, err, sizeof err) != 0) {
+            channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "%s", err);
+            return;
+        }
         q = queue_new(vh, name, d->durable && !d->exclusive, d->exclusive, d->auto_delete,
                       d->exclusive ? ch->conn : NULL, d->arguments);
         vhost_add_queue(vh, q);
@@ -330,6 +338,7 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
         persist_queue_added(q);
     }
     remember_queue(ch, name);
+    qpolicy_touch(q);
     if (!d->nowait)
         send_declare_ok(ch, q);
 }

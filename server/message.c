@@ -1,5 +1,6 @@
 #include "server/message.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,8 +27,9 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     memcpy(m->data + exchange.len + rkey.len, props, props_len);
     m->delivery_mode = (pr->flags & AMQP_PROP_DELIVERY_MODE) ? pr->delivery_mode : 0;
     m->ttl = -1;
+    char reason[8];
     if (pr->flags & AMQP_PROP_EXPIRATION)
-        message_parse_expiration(pr->expiration, &m->ttl);
+        message_parse_expiration(pr->expiration, &m->ttl, reason, sizeof reason);
     m->priority = (pr->flags & AMQP_PROP_PRIORITY) ? pr->priority : 0;
     m->has_headers = (pr->flags & AMQP_PROP_HEADERS) != 0;
     m->headers_off = m->has_headers ? (uint32_t)(pr->headers.ptr - props) : 0;
@@ -38,17 +40,45 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     return m;
 }
 
-int message_parse_expiration(amqp_bytes s, int64_t *ms)
+int message_parse_expiration(amqp_bytes s, int64_t *ms, char *reason, size_t size)
 {
-    if (s.len == 0 || s.len > 18)
-        return -1;
-    int64_t v = 0;
-    for (size_t i = 0; i < s.len; i++) {
-        if (s.ptr[i] < '0' || s.ptr[i] > '9')
-            return -1;
-        v = v * 10 + (s.ptr[i] - '0');
+    /* As Erlang's string:to_integer reads it: optional sign, digits, nothing after. */
+    size_t i = 0;
+    bool neg = false;
+    if (i < s.len && (s.ptr[i] == '+' || s.ptr[i] == '-'))
+        neg = s.ptr[i++] == '-';
+    size_t digits = i;
+    uint64_t v = 0;
+    bool huge = false;
+    for (; i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9'; i++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            huge = true;
+        else
+            v = v * 10 + (uint64_t)(s.ptr[i] - '0');
     }
-    *ms = v;
+    if (i == digits) {
+        snprintf(reason, size, "no_integer");
+        return -1;
+    }
+    if (i < s.len) {
+        snprintf(reason, size, "{leftover_string,\"%.*s\"}", (int)(s.len - i), (const char *)s.ptr + i);
+        return -1;
+    }
+    const char *num = (const char *)s.ptr + digits;
+    int numlen = (int)(s.len - digits);
+    while (numlen > 1 && *num == '0') { /* Erlang prints the integer, not the text */
+        num++;
+        numlen--;
+    }
+    if (neg && v != 0) {
+        snprintf(reason, size, "{value_negative,-%.*s}", numlen, num);
+        return -1;
+    }
+    if (huge || v > (uint64_t)MESSAGE_MAX_TTL_MS) {
+        snprintf(reason, size, "{value_too_large,%.*s}", numlen, num);
+        return -1;
+    }
+    *ms = (int64_t)v;
     return 0;
 }
 

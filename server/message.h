@@ -4,6 +4,7 @@
 #define WARREN_MESSAGE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "amqp/bytes.h"
@@ -39,9 +40,12 @@ struct amqp_basic_properties;
 struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
                             const uint8_t *props, size_t props_len,
                             const struct amqp_basic_properties *pr, uint64_t body_len);
-/* The expiration property: a non-negative integer in ms, as decimal digits. Returns 0
- * and sets *ms, or -1 (and leaves *ms) if s is not one. */
-int message_parse_expiration(amqp_bytes s, int64_t *ms);
+/* The longest TTL RabbitMQ accepts (ten years), for expiration as for x-message-ttl. */
+#define MESSAGE_MAX_TTL_MS 315360000000LL
+/* Reads the expiration property: an integer of ms, optionally signed, nothing else.
+ * Returns 0 and sets *ms, or -1 with RabbitMQ's reason ("no_integer",
+ * "{leftover_string,\".5\"}", "{value_negative,-1}", "{value_too_large,N}"). */
+int message_parse_expiration(amqp_bytes s, int64_t *ms, char *reason, size_t size);
 static inline struct message *message_ref(struct message *m) { m->refs++; return m; }
 /* Drops one reference; frees the message at zero. Sets *mp to NULL. */
 void message_unref(struct message **mp);

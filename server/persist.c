@@ -108,6 +108,7 @@ static void recover_queue(void *arg, const struct store_queue *sq)
     vhost_add_queue(vh, q);
     if (sq->first_expiry)
         qpolicy_arm(q, sq->first_expiry);
+    qpolicy_touch(q); /* x-expires counts again from the restart */
     binding_add(vh->default_exchange, q, false, &q->incoming, sq->name, amqp_cstr(""));
     if (sq->count)
         log_info("store: queue '%.*s' recovered with %llu messages", (int)sq->name.len, (const char *)sq->name.ptr,
@@ -193,10 +194,13 @@ void persist_end_of_turn(struct broker *b)
 
 /* ---- entities -------------------------------------------------------------------------- */
 
+/* The store for an entity change; the change commits at the end of this loop turn. */
 static struct store *writable(struct broker *b)
 {
-    if (b->store)
+    if (b->store) {
         b->store_sync_needed = true;
+        broker_wake(b); /* nowait methods and teardown send no reply that would */
+    }
     return b->store;
 }
 

@@ -26,107 +26,142 @@ const char *qargs_type_name(uint8_t t)
     }
 }
 
-/* An integer argument at least `min`. Returns 0 or -1 with the reason. */
-static int int_arg(const struct field_value *v, int64_t min, int64_t max, int64_t *out, char *reason, size_t size)
+/* The largest TTL or expiry RabbitMQ accepts: ten years in ms. */
+#define MAX_TTL_MS 315360000000LL
+
+struct check {
+    const char *who;     /* "queue 'q' in vhost '/'" */
+    char *err;
+    size_t size;
+};
+
+static int fail(struct check *c, const char *arg, const char *reason)
 {
+    snprintf(c->err, c->size, "invalid arg '%s' for %s: %s", arg, c->who, reason);
+    return -1;
+}
+
+/* An integer argument in [min, max] (min 0 or 1). Returns 0 (or 1 if absent), -1 after
+ * writing RabbitMQ's text. */
+static int int_arg(struct check *c, amqp_bytes args, const char *arg, int64_t min, int64_t max,
+                   const char *too_large, int64_t *out)
+{
+    struct field_value v;
+    if (table_get(args, arg, &v) != 1)
+        return 1;
     int64_t n;
-    if (v->type == 'T' || field_as_int64(v, &n) != 0) {
-        snprintf(reason, size, "{unacceptable_type,%s}", qargs_type_name(v->type));
-        return -1;
+    char reason[96];
+    if (v.type == 'T' || field_as_int64(&v, &n) != 0) {
+        snprintf(reason, sizeof reason, "\"expected integer, got %s\"", qargs_type_name(v.type));
+        return fail(c, arg, reason);
     }
-    if (n < min) {
-        snprintf(reason, size, n < 0 ? "{value_negative,%lld}" : "{value_zero,%lld}", (long long)n);
-        return -1;
+    if (n < 0)
+        snprintf(reason, sizeof reason, "{value_negative,%lld}", (long long)n);
+    else if (n < min)
+        snprintf(reason, sizeof reason, "{value_zero,%lld}", (long long)n);
+    else if (n > max)
+        snprintf(reason, sizeof reason, "{%s,%lld}", too_large, (long long)n);
+    else {
+        *out = n;
+        return 0;
     }
-    if (n > max) {
-        snprintf(reason, size, "{value_too_large,%lld,%lld}", (long long)n, (long long)max);
-        return -1;
+    return fail(c, arg, reason);
+}
+
+/* A longstr argument. Returns 0 (or 1 if absent), -1 after writing RabbitMQ's text. */
+static int str_arg(struct check *c, amqp_bytes args, const char *arg, amqp_bytes *out)
+{
+    struct field_value v;
+    if (table_get(args, arg, &v) != 1)
+        return 1;
+    if (v.type != 'S') {
+        char reason[64];
+        snprintf(reason, sizeof reason, "{unacceptable_type,%s}", qargs_type_name(v.type));
+        return fail(c, arg, reason);
     }
-    *out = n;
+    *out = v.v.bytes;
     return 0;
 }
 
-static int str_arg(const struct field_value *v, amqp_bytes *out, char *reason, size_t size)
+/* A longstr argument that must be one of the values in `allowed` (NULL-terminated); its
+ * index goes to *out. */
+static int enum_arg(struct check *c, amqp_bytes args, const char *arg, const char *const *allowed,
+                    const char *unsupported, int *out)
 {
-    if (v->type != 'S') {
-        snprintf(reason, size, "{unacceptable_type,%s}", qargs_type_name(v->type));
-        return -1;
+    amqp_bytes s;
+    int rc = str_arg(c, args, arg, &s);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; allowed[i]; i++) {
+        if (amqp_bytes_eq_cstr(s, allowed[i])) {
+            *out = i;
+            return 0;
+        }
     }
-    *out = v->v.bytes;
-    return 0;
+    char reason[320];
+    if (unsupported)
+        snprintf(reason, sizeof reason, "\"unsupported %s '%.*s'\"", unsupported, (int)(s.len > 255 ? 255 : s.len),
+                 (const char *)s.ptr);
+    else
+        snprintf(reason, sizeof reason, "invalid_overflow");
+    return fail(c, arg, reason);
 }
 
-int qargs_parse(amqp_bytes args, struct qargs *q, const char **bad_arg, char *reason, size_t size)
+int qargs_parse(amqp_bytes args, struct qargs *q, const char *who, char *err, size_t size)
 {
+    struct check c = { who, err, size };
     memset(q, 0, sizeof *q);
     q->message_ttl = q->expires = q->max_length = q->max_length_bytes = q->delivery_limit = -1;
     q->overflow = OVERFLOW_DROP_HEAD;
-    struct table_iter it;
-    table_iter_init(&it, args);
-    amqp_bytes key;
     struct field_value v;
     int64_t n;
-    while (table_next(&it, &key, &v) == 1) {
-        char name[64];
-        snprintf(name, sizeof name, "%.*s", (int)key.len, (const char *)key.ptr);
-        int rc = 0;
-        *bad_arg = NULL;
-        if (!strcmp(name, "x-message-ttl")) {
-            *bad_arg = "x-message-ttl";
-            rc = int_arg(&v, 0, 4294967295LL, &q->message_ttl, reason, size);
-        } else if (!strcmp(name, "x-expires")) {
-            *bad_arg = "x-expires";
-            rc = int_arg(&v, 1, 4294967295LL, &q->expires, reason, size);
-        } else if (!strcmp(name, "x-max-length")) {
-            *bad_arg = "x-max-length";
-            rc = int_arg(&v, 0, INT64_MAX, &q->max_length, reason, size);
-        } else if (!strcmp(name, "x-max-length-bytes")) {
-            *bad_arg = "x-max-length-bytes";
-            rc = int_arg(&v, 0, INT64_MAX, &q->max_length_bytes, reason, size);
-        } else if (!strcmp(name, "x-delivery-limit")) {
-            *bad_arg = "x-delivery-limit";
-            rc = int_arg(&v, 0, INT64_MAX, &q->delivery_limit, reason, size);
-        } else if (!strcmp(name, "x-max-priority")) {
-            *bad_arg = "x-max-priority";
-            rc = int_arg(&v, 0, 255, &n, reason, size);
-            q->max_priority = (uint8_t)n;
-        } else if (!strcmp(name, "x-dead-letter-exchange")) {
-            *bad_arg = "x-dead-letter-exchange";
-            rc = str_arg(&v, &q->dlx, reason, size);
-            q->has_dlx = rc == 0;
-        } else if (!strcmp(name, "x-dead-letter-routing-key")) {
-            *bad_arg = "x-dead-letter-routing-key";
-            rc = str_arg(&v, &q->dlrk, reason, size);
-            q->has_dlrk = rc == 0;
-        } else if (!strcmp(name, "x-overflow")) {
-            *bad_arg = "x-overflow";
-            amqp_bytes s;
-            rc = str_arg(&v, &s, reason, size);
-            if (rc == 0 && amqp_bytes_eq_cstr(s, "drop-head"))
-                q->overflow = OVERFLOW_DROP_HEAD;
-            else if (rc == 0 && amqp_bytes_eq_cstr(s, "reject-publish"))
-                q->overflow = OVERFLOW_REJECT_PUBLISH;
-            else if (rc == 0 && amqp_bytes_eq_cstr(s, "reject-publish-dlx"))
-                q->overflow = OVERFLOW_REJECT_PUBLISH_DLX;
-            else if (rc == 0) {
-                snprintf(reason, size, "{invalid_overflow,<<\"%.*s\">>}", (int)s.len, (const char *)s.ptr);
-                rc = -1;
-            }
-        } else if (!strcmp(name, "x-single-active-consumer")) {
-            *bad_arg = "x-single-active-consumer";
-            if (v.type != 't') {
-                snprintf(reason, size, "{unacceptable_type,%s}", qargs_type_name(v.type));
-                rc = -1;
-            } else {
-                q->single_active_consumer = v.v.i != 0;
-            }
-        }
-        if (rc != 0)
+    int rc, choice;
+    /* In RabbitMQ's order: the first failing check is the one reported. */
+    if (table_get(args, "x-dead-letter-exchange", &v) == 1) {
+        if (v.type != 'S') {
+            snprintf(err, size, "invalid type '%s' for arg 'x-dead-letter-exchange' in %s", qargs_type_name(v.type),
+                     who);
             return -1;
+        }
+        q->dlx = v.v.bytes;
+        q->has_dlx = true;
     }
-    if (q->has_dlrk && !q->has_dlx) {
-        *bad_arg = "x-dead-letter-routing-key";
-        snprintf(reason, size, "routing_key_but_no_dlx_defined");
+    static const char *const types[] = { "classic", "quorum", NULL };
+    if (enum_arg(&c, args, "x-queue-type", types, "queue type", &choice) < 0 ||
+        int_arg(&c, args, "x-expires", 1, MAX_TTL_MS, "value_too_large", &q->expires) < 0 ||
+        int_arg(&c, args, "x-message-ttl", 0, MAX_TTL_MS, "value_too_large", &q->message_ttl) < 0)
+        return -1;
+    rc = str_arg(&c, args, "x-dead-letter-routing-key", &q->dlrk);
+    if (rc < 0)
+        return -1;
+    q->has_dlrk = rc == 0;
+    if (q->has_dlrk && !q->has_dlx)
+        return fail(&c, "x-dead-letter-routing-key", "routing_key_but_no_dlx_defined");
+    if (int_arg(&c, args, "x-max-length", 0, INT64_MAX, "value_too_large", &q->max_length) < 0 ||
+        int_arg(&c, args, "x-max-length-bytes", 0, INT64_MAX, "value_too_large", &q->max_length_bytes) < 0)
+        return -1;
+    n = 0;
+    if (int_arg(&c, args, "x-max-priority", 0, 255, "max_value_exceeded", &n) < 0)
+        return -1;
+    q->max_priority = (uint8_t)n;
+    static const char *const overflows[] = { "drop-head", "reject-publish", "reject-publish-dlx", NULL };
+    choice = 0;
+    if (enum_arg(&c, args, "x-overflow", overflows, NULL, &choice) < 0)
+        return -1;
+    q->overflow = (enum overflow)choice;
+    static const char *const modes[] = { "default", "lazy", NULL };
+    if (enum_arg(&c, args, "x-queue-mode", modes, "queue mode", &choice) < 0)
+        return -1;
+    if (table_get(args, "x-single-active-consumer", &v) == 1) {
+        if (v.type != 't') {
+            char reason[64];
+            snprintf(reason, sizeof reason, "{unacceptable_type,%s}", qargs_type_name(v.type));
+            return fail(&c, "x-single-active-consumer", reason);
+        }
+        q->single_active_consumer = v.v.i != 0;
+    }
+    if (table_get(args, "x-delivery-limit", &v) == 1) { /* not implemented: refused as RabbitMQ's classic queues do */
+        snprintf(err, size, "invalid arg 'x-delivery-limit' for %s of queue type rabbit_classic_queue", who);
         return -1;
     }
     return 0;

@@ -26,9 +26,10 @@ struct qargs {
 };
 
 /* Parses args (a validated table; the views in out point into it). Returns 0, or -1 with
- * *bad_arg naming the argument and reason holding RabbitMQ's reason, e.g.
- * "{value_negative,-1}". */
-int qargs_parse(amqp_bytes args, struct qargs *out, const char **bad_arg, char *reason, size_t reason_size);
+ * err holding RabbitMQ's text (after "PRECONDITION_FAILED - "), e.g. "invalid arg
+ * 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"; who names the queue
+ * as in "queue 'q' in vhost '/'". Checks run in RabbitMQ's order. */
+int qargs_parse(amqp_bytes args, struct qargs *out, const char *who, char *err, size_t err_size);
 
 /* RabbitMQ's name for a field type tag ("longstr", "signedint", ...), as its error
  * texts print them. */

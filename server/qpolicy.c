@@ -6,6 +6,7 @@
 #include "server/broker.h"
 #include "server/channel.h"
 #include "server/deadletter.h"
+#include "server/log.h"
 #include "server/message.h"
 #include "server/qstore.h"
 #include "server/queue.h"
@@ -153,9 +154,35 @@ static void expire_now(struct queue *q)
         qpolicy_arm(q, now + 1000); /* entries wait to be paged in (not committed yet) */
 }
 
+/* ---- x-expires ------------------------------------------------------------------------- */
+
+static void on_unused(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct queue *q = arg;
+    if (q->deleted || q->nconsumers > 0)
+        return; /* a consumer came: touched again when the last one goes */
+    log_info("queue '%s' in vhost '%s' expired after %lld ms unused (x-expires)", q->name, q->vh->name,
+             (long long)q->qa.expires);
+    vhost_delete_queue(q->vh, q);
+}
+
+void qpolicy_touch(struct queue *q)
+{
+    if (q->qa.expires < 0 || q->deleted)
+        return;
+    if (!q->unused_ev)
+        q->unused_ev = evtimer_new(q->vh->broker->base, on_unused, q);
+    struct timeval tv = { (time_t)(q->qa.expires / 1000), (suseconds_t)(q->qa.expires % 1000) * 1000 };
+    evtimer_add(q->unused_ev, &tv);
+}
+
 void qpolicy_free(struct queue *q)
 {
     if (q->expiry_ev)
         event_free(q->expiry_ev);
-    q->expiry_ev = NULL;
+    if (q->unused_ev)
+        event_free(q->unused_ev);
+    q->expiry_ev = q->unused_ev = NULL;
 }

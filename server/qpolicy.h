@@ -27,7 +27,10 @@ bool qpolicy_stamp(struct queue *q, struct qentry *e, bool *deliver_now);
 void qpolicy_trim(struct queue *q);
 /* Makes sure the expiry timer fires by expires_at (ms since the epoch). */
 void qpolicy_arm(struct queue *q, int64_t expires_at);
-/* Frees the timer (queue teardown). */
+/* x-expires: q was used (declared, basic.get, lost its last consumer): restarts the
+ * countdown after which an unused queue is deleted. */
+void qpolicy_touch(struct queue *q);
+/* Frees the timers (queue teardown). */
 void qpolicy_free(struct queue *q);
 
 #include "server/queue.h"

@@ -81,8 +81,9 @@ void qstore_purge_paged(struct queue *q)
     q->disk_bytes = 0;
 }
 
-/* Appends one entry read back from the store to the ring. */
-static void load_one(void *arg, const struct store_entry *se)
+/* Appends one entry read back from the store to the ring; false once the window's
+ * bytes are used up. */
+static bool load_one(void *arg, const struct store_entry *se)
 {
     struct queue *q = arg;
     struct amqp_basic_properties pr;
@@ -112,12 +113,14 @@ static void load_one(void *arg, const struct store_entry *se)
     q->disk_count--;
     q->disk_bytes = q->disk_bytes > se->body.len ? q->disk_bytes - se->body.len : 0;
     q->disk_seq = se->seq + 1;
+    return q->ring_bytes < QUEUE_WINDOW_BYTES;
 }
 
 size_t qstore_page_in(struct queue *q)
 {
     struct store *s = store_of(q);
-    if (!q->disk_count || q->awaiting_commit || !s || q->count >= QUEUE_WINDOW)
+    if (!q->disk_count || q->awaiting_commit || !s || q->count >= QUEUE_WINDOW ||
+        (q->count && q->ring_bytes >= QUEUE_WINDOW_BYTES))
         return 0;
     long n = store_read_entries(s, q->store_id, q->disk_seq, QUEUE_WINDOW - q->count, load_one, q);
     if (n == 0 && store_committed(s) < q->disk_batch) {

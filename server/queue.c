@@ -27,10 +27,9 @@ struct queue *queue_new(struct vhost *vh, amqp_bytes name, bool durable, bool ex
     q->args = xmalloc(args.len);
     memcpy(q->args, args.ptr, args.len);
     q->args_len = args.len;
-    const char *bad;
-    char reason[128];
-    if (qargs_parse(amqp_bytes_of(q->args, q->args_len), &q->qa, &bad, reason, sizeof reason) != 0)
-        qargs_parse(amqp_bytes_of("", 0), &q->qa, &bad, reason, sizeof reason); /* checked at declare */
+    char err[256];
+    if (qargs_parse(amqp_bytes_of(q->args, q->args_len), &q->qa, "queue", err, sizeof err) != 0)
+        qargs_parse(amqp_bytes_of("", 0), &q->qa, "queue", err, sizeof err); /* checked at declare */
     q->refs = 1;
     q->next_seq = 1;
     return q;
@@ -197,6 +196,8 @@ void queue_add_consumer(struct queue *q, struct consumer *c)
     }
     q->consumers[q->nconsumers++] = c;
     q->had_consumer = true;
+    if (c->priority)
+        q->consumer_priorities = true;
     queue_wake(q);
 }
 
@@ -221,22 +222,38 @@ void queue_wake(struct queue *q)
         broker_mark_dirty(q->vh->broker, q);
 }
 
+/* The consumer the next message goes to: round-robin over those with credit; only the
+ * first (oldest) consumer with x-single-active-consumer; with consumer priorities
+ * (x-priority), the highest priority that has credit, round-robin among equals. */
+static struct consumer *pick_consumer(struct queue *q)
+{
+    if (q->qa.single_active_consumer)
+        return consumer_has_credit(q->consumers[0]) ? q->consumers[0] : NULL;
+    struct consumer *best = NULL;
+    size_t best_i = 0;
+    for (size_t k = 0; k < q->nconsumers; k++) {
+        size_t i = (q->next_consumer + k) % q->nconsumers;
+        struct consumer *c = q->consumers[i];
+        if ((!best || c->priority > best->priority) && consumer_has_credit(c)) {
+            best = c;
+            best_i = i;
+            if (!q->consumer_priorities)
+                break;
+        }
+    }
+    if (best)
+        q->next_consumer = (best_i + 1) % q->nconsumers;
+    return best;
+}
+
 void queue_dispatch(struct queue *q)
 {
     if (persist_hold_deliveries(q))
         return;
-    if (q->disk_count && q->count < QUEUE_WINDOW / 2 && q->nconsumers)
+    if (q->disk_count && q->count < QUEUE_WINDOW / 2 && q->ring_bytes < QUEUE_WINDOW_BYTES / 2 && q->nconsumers)
         qstore_page_in(q);
     while (queue_ready(q) > 0 && q->nconsumers > 0) {
-        struct consumer *c = NULL;
-        for (size_t tried = 0; tried < q->nconsumers; tried++) {
-            struct consumer *cand = q->consumers[q->next_consumer];
-            q->next_consumer = (q->next_consumer + 1) % q->nconsumers;
-            if (consumer_has_credit(cand)) {
-                c = cand;
-                break;
-            }
-        }
+        struct consumer *c = pick_consumer(q);
         if (!c)
             return;
         struct qentry e;

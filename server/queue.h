@@ -60,11 +60,13 @@ struct queue {
 
     int64_t next_expiry;        /* deadline of expiry_ev (ms since the epoch); 0 = not armed */
     struct event *expiry_ev;
+    struct event *unused_ev;    /* x-expires countdown */
     bool has_msg_ttl;           /* an entry has its own TTL: expiry scans the whole ring */
 
     struct consumer **consumers;
     size_t nconsumers, consumers_cap, next_consumer;
     bool had_consumer;          /* for auto-delete: only after a first consumer went */
+    bool consumer_priorities;   /* a consumer has an x-priority: dispatch compares them */
     size_t unacked;             /* delivered, not yet acked or requeued */
 
     struct binding *incoming;   /* bindings with this queue as destination */

@@ -6,6 +6,7 @@
 #include "server/connection.h"
 #include "server/exchange.h"
 #include "server/persist.h"
+#include "server/qpolicy.h"
 #include "server/queue.h"
 #include "common/xalloc.h"
 
@@ -98,6 +99,7 @@ unsigned vhost_delete_queue(struct vhost *vh, struct queue *q)
 {
     persist_queue_deleted(q);
     q->deleted = true;
+    qpolicy_free(q);
     while (q->nconsumers)
         consumer_queue_deleted(q->consumers[q->nconsumers - 1]);
     while (q->incoming)

@@ -366,6 +366,7 @@ fail:
 
 uint64_t store_open_batch(const struct store *s) { return s->open->id; }
 uint64_t store_committed(const struct store *s) { return s->committed; }
+uint64_t store_pending_batch(const struct store *s) { return s->open->n ? s->open->id : s->open->id - 1; }
 size_t store_backlog(const struct store *s) { return s->open->bytes + (size_t)s->open->n * sizeof(struct op); }
 bool store_failing(const struct store *s) { return s->failing; }
 
@@ -566,7 +567,7 @@ void store_reap(struct store *s)
 
 int store_sync(struct store *s, uint64_t *batch)
 {
-    uint64_t target = s->open->n ? s->open->id : s->open->id - 1;
+    uint64_t target = store_pending_batch(s);
     *batch = target;
     if (!s->thread_started)
         return -1;
@@ -585,7 +586,7 @@ int store_sync(struct store *s, uint64_t *batch)
 /* ---- reads --------------------------------------------------------------------------- */
 
 long store_read_entries(struct store *s, uint64_t qid, uint64_t from_seq, size_t limit,
-                        void (*fn)(void *arg, const struct store_entry *e), void *arg)
+                        bool (*fn)(void *arg, const struct store_entry *e), void *arg)
 {
     sqlite3_stmt *st = s->read_st;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)qid);
@@ -604,8 +605,11 @@ long store_read_entries(struct store *s, uint64_t qid, uint64_t from_seq, size_t
             .body = col_bytes(st, 6),
             .expires = sqlite3_column_int64(st, 7),
         };
-        fn(arg, &e);
         n++;
+        if (!fn(arg, &e)) {
+            rc = SQLITE_DONE;
+            break;
+        }
     }
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {

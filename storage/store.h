@@ -78,6 +78,9 @@ int store_recover(struct store *s, const struct store_recovery *r, uint64_t *max
 
 /* The id of the batch that writes go into now; batches commit in id order. */
 uint64_t store_open_batch(const struct store *s);
+/* The newest batch that holds writes (open or with the writer); <= store_committed()
+ * when nothing is pending. */
+uint64_t store_pending_batch(const struct store *s);
 /* The highest batch id known committed. */
 uint64_t store_committed(const struct store *s);
 /* Bytes that the open batch holds: message data and the writes themselves (for
@@ -132,9 +135,9 @@ struct store_entry {
     bool shared;
     amqp_bytes exchange, rkey, props, body; /* valid only during the callback */
 };
-/* Calls fn for up to limit committed entries of qid with seq >= from_seq, in seq order.
- * Returns how many, or -1 after logging an error. */
+/* Calls fn for up to limit committed entries of qid with seq >= from_seq, in seq order,
+ * until fn returns false. Returns how many were passed to fn, or -1 after logging. */
 long store_read_entries(struct store *s, uint64_t qid, uint64_t from_seq, size_t limit,
-                        void (*fn)(void *arg, const struct store_entry *e), void *arg);
+                        bool (*fn)(void *arg, const struct store_entry *e), void *arg);
 
 #endif
