@@ -188,6 +188,7 @@ void broker_free(struct broker *b)
     on_dispatch(-1, 0, b); /* queues the last commits woke up */
     vhost_free(&b->vhost);
     route_result_free(&b->route);
+    route_result_free(&b->route_extra);
     free(b->readbuf);
     if (b->listener)
         evconnlistener_free(b->listener);

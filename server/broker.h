@@ -39,6 +39,7 @@ struct broker {
     uint64_t next_queue_id;
     uint64_t route_gen;           /* routing dedup marks */
     struct route_result route;    /* reused by every publish */
+    struct route_result route_extra; /* scratch for CC/BCC keys */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
     struct connection *flush_list; /* connections with frames to write this turn */
     uint8_t *readbuf;             /* shared input buffer: a leftover frame + READ_CHUNK */

@@ -16,6 +16,7 @@
 #include "server/log.h"
 #include "server/message.h"
 #include "server/qstore.h"
+#include "server/sender_keys.h"
 #include "storage/store.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
@@ -131,6 +132,12 @@ static enum routed route_message(struct channel *ch, struct message *msg, bool m
     r->n = 0;
     if (x)
         exchange_route(x, message_rkey(msg), message_headers(msg), r);
+    if (x && msg->has_headers && sender_keys_present(message_headers(msg))) {
+        sender_keys_route(x, message_headers(msg), r, &ch->conn->b->route_extra);
+        struct message *delivered = sender_keys_strip_bcc(msg);
+        message_unref(&msg);
+        msg = delivered;
+    }
     if (r->n == 0 && mandatory)
         send_return(ch, msg);
     size_t stored = 0;
@@ -304,6 +311,10 @@ void channel_handle_header(struct channel *ch, const uint8_t *p, size_t len)
     }
     int64_t ttl;
     char reason[96];
+    if ((pr.flags & AMQP_PROP_HEADERS) && sender_keys_check(pr.headers, reason, sizeof reason) != 0) {
+        channel_error(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "%s", reason);
+        return;
+    }
     if ((pr.flags & AMQP_PROP_EXPIRATION) && message_parse_expiration(pr.expiration, &ttl, reason, sizeof reason) != 0) {
         channel_error(ch, AMQP_PRECONDITION_FAILED, AMQP_BASIC_PUBLISH, "invalid expiration '%.*s': %s",
                       (int)(pr.expiration.len > 100 ? 100 : pr.expiration.len), (const char *)pr.expiration.ptr, reason);

@@ -13,6 +13,7 @@
 #include "server/log.h"
 #include "server/message.h"
 #include "server/qstore.h"
+#include "server/sender_keys.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -87,6 +88,15 @@ static void put_new_death(struct abuf *b, struct message *m, amqp_bytes queue, c
     abuf_u8(&v, 'A');
     size_t a = table_begin(&v);
     field_put_longstr(&v, message_rkey(m));
+    struct field_value cc, key;
+    if ((pr->flags & AMQP_PROP_HEADERS) && table_get(pr->headers, "CC", &cc) == 1 && cc.type == 'A') {
+        struct table_iter it; /* the CC keys count as routing keys; BCC ones are gone by now */
+        table_iter_init(&it, cc.v.bytes);
+        while (array_next(&it, &key) == 1) {
+            if (key.type == 'S')
+                field_put_longstr(&v, key.v.bytes);
+        }
+    }
     table_end(&v, a);
     size_t o_exp = put_str(&v, (pr->flags & AMQP_PROP_EXPIRATION) ? pr->expiration : amqp_bytes_of("", 0));
     size_t o_end = v.len;
@@ -153,7 +163,7 @@ static void put_counted_death(struct abuf *b, amqp_bytes death)
  * for the same queue and reason counted up and moved to the front), x-first-death-* when
  * this is the first death, everything else as it was; the whole table sorted by key. */
 static void build_headers(struct abuf *b, struct message *m, amqp_bytes queue, const char *reason,
-                          const struct amqp_basic_properties *pr)
+                          const struct amqp_basic_properties *pr, bool drop_cc)
 {
     amqp_bytes old = (pr->flags & AMQP_PROP_HEADERS) ? pr->headers : amqp_bytes_of("", 0);
     struct field_value deaths = { 0 }, v;
@@ -214,7 +224,7 @@ static void build_headers(struct abuf *b, struct message *m, amqp_bytes queue, c
                          (amqp_bytes_eq_cstr(key, "x-first-death-exchange") ||
                           amqp_bytes_eq_cstr(key, "x-first-death-queue") ||
                           amqp_bytes_eq_cstr(key, "x-first-death-reason")));
-        if (replaced)
+        if (replaced || (drop_cc && amqp_bytes_eq_cstr(key, "CC")))
             continue;
         if (n == cap) {
             cap *= 2;
@@ -270,7 +280,8 @@ void deadletter(struct queue *q, struct message *m, enum dl_reason reason)
     struct abuf headers, out;
     abuf_init(&headers);
     abuf_init(&out);
-    build_headers(&headers, m, queue_name(q), REASONS[reason], &pr);
+    /* A dead-letter routing key replaces the CC keys too, as in RabbitMQ. */
+    build_headers(&headers, m, queue_name(q), REASONS[reason], &pr, q->qa.has_dlrk);
     pr.headers = amqp_bytes_of(headers.data + 4, headers.len - 4);
     pr.flags |= AMQP_PROP_HEADERS;
     pr.flags &= (uint16_t)~AMQP_PROP_EXPIRATION;
@@ -289,8 +300,11 @@ void deadletter(struct queue *q, struct message *m, enum dl_reason reason)
     if (!copy)
         return;
     /* Its own result: this may run inside the routing of another publish. */
-    struct route_result r = { 0 };
+    struct route_result r = { 0 }, extra = { 0 };
     exchange_route(x, rkey, message_headers(copy), &r);
+    if (!q->qa.has_dlrk && copy->has_headers && sender_keys_present(message_headers(copy)))
+        sender_keys_route(x, message_headers(copy), &r, &extra);
+    route_result_free(&extra);
     size_t n = 0;
     for (size_t i = 0; i < r.n; i++) {
         if (!cycles(message_headers(copy), queue_name(r.queues[i]), reason))
