@@ -14,6 +14,8 @@
 #include "server/connection.h"
 #include "server/log.h"
 #include "server/persist.h"
+#include "server/channel.h"
+#include "server/qpolicy.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -64,6 +66,23 @@ void broker_mark_dirty(struct broker *b, struct queue *q)
     q->dirty_next = b->dirty;
     b->dirty = q;
     broker_wake(b);
+}
+
+/* Consumer timeout: looks at every channel's oldest unacked delivery. */
+static void on_timeout_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct broker *b = arg;
+    int64_t now = qpolicy_now();
+    for (struct connection *c = b->conns; c; c = c->next) {
+        if (c->state != CONN_OPEN)
+            continue;
+        for (uint32_t i = 0; i < c->channels_cap; i++) {
+            if (c->channels[i])
+                consumer_check_timeout(c->channels[i], now, b->cfg.consumer_timeout_ms);
+        }
+    }
 }
 
 static void on_stop_timeout(evutil_socket_t fd, short what, void *arg)
@@ -128,6 +147,14 @@ int broker_init(struct broker *b, const struct config *cfg)
     b->stop_ev = evtimer_new(b->base, on_stop_timeout, b);
     b->sigint_ev = evsignal_new(b->base, SIGINT, on_signal, b);
     b->sigterm_ev = evsignal_new(b->base, SIGTERM, on_signal, b);
+    if (cfg->consumer_timeout_ms) {
+        /* Checked a few times per timeout, at most every second, at least every 100 ms. */
+        long ms = cfg->consumer_timeout_ms / 4;
+        ms = ms > 1000 ? 1000 : ms < 100 ? 100 : ms;
+        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+        b->timeout_ev = event_new(b->base, -1, EV_PERSIST, on_timeout_check, b);
+        event_add(b->timeout_ev, &tv);
+    }
     event_add(b->sigint_ev, NULL);
     event_add(b->sigterm_ev, NULL);
 
@@ -196,6 +223,8 @@ void broker_free(struct broker *b)
         event_free(b->dispatch_ev);
     if (b->stop_ev)
         event_free(b->stop_ev);
+    if (b->timeout_ev)
+        event_free(b->timeout_ev);
     if (b->base)
         event_base_free(b->base);
     memset(b, 0, sizeof *b);

@@ -45,6 +45,7 @@ struct broker {
     uint8_t *readbuf;             /* shared input buffer: a leftover frame + READ_CHUNK */
     struct event *dispatch_ev;
     struct event *sigint_ev, *sigterm_ev, *stop_ev;
+    struct event *timeout_ev;     /* consumer timeout checks, when configured */
     bool stopping;
 };
 

@@ -34,6 +34,7 @@ struct unacked {
     struct consumer *c;    /* NULL for basic.get or after the consumer was cancelled */
     struct qentry e;
     uint8_t tx_action;     /* inside a transaction: what commit will do */
+    int64_t delivered_at;  /* ms, when the consumer timeout is on */
     bool counted;          /* counts against the channel-wide prefetch */
 };
 
@@ -122,6 +123,9 @@ bool consumer_has_credit(const struct consumer *c);
 void consumer_deliver(struct consumer *c, struct qentry e);
 /* The consumer's queue is being deleted: forget it and send basic.cancel if the client asked. */
 void consumer_queue_deleted(struct consumer *c);
+/* Consumer timeout: closes the channel with 406 if its oldest unacked delivery is older
+ * than timeout_ms at now (ms); its deliveries go back to their queues. */
+void consumer_check_timeout(struct channel *ch, int64_t now, uint32_t timeout_ms);
 /* Output space is back: wake the queues this channel consumes from. */
 void channel_wake_consumers(struct channel *ch);
 

@@ -20,11 +20,14 @@ void config_defaults(struct config *cfg)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: warren [--port N] [--bind ADDR] [--data DIR] [--log-level L] [--help] [--version]\n"
+            "usage: warren [--port N] [--bind ADDR] [--data DIR] [--log-level L] [--consumer-timeout MS]\n"
+            "              [--help] [--version]\n"
             "  --port N        TCP port for AMQP clients (default 5672)\n"
             "  --bind ADDR     address to listen on (default 127.0.0.1)\n"
             "  --data DIR      data directory (default ./data)\n"
             "  --log-level L   error, warn, info or debug (default info)\n"
+            "  --consumer-timeout MS  close (406) a channel holding a delivery unacked longer\n"
+            "                  than MS milliseconds, so it returns to its queue (default 0: off)\n"
             "  --help          print this and exit\n"
             "  --version       print the version and exit\n");
 }
@@ -62,7 +65,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv)
         }
         size_t namelen = strchr(a, '=') ? (size_t)(strchr(a, '=') - a) : strlen(a);
 #define OPT(name) (namelen == strlen(name) && strncmp(a, name, namelen) == 0)
-        if (!(OPT("--port") || OPT("--bind") || OPT("--data") || OPT("--log-level"))) {
+        if (!(OPT("--port") || OPT("--bind") || OPT("--data") || OPT("--log-level") || OPT("--consumer-timeout"))) {
             fprintf(stderr, "warren: unknown option '%s'\n", a);
             usage(stderr);
             return -1;
@@ -78,6 +81,11 @@ int config_parse_args(struct config *cfg, int argc, char **argv)
             if (parse_long("--port", val, 1, 65535, &v))
                 return -1;
             cfg->port = (int)v;
+        } else if (OPT("--consumer-timeout")) {
+            long v;
+            if (parse_long("--consumer-timeout", val, 0, 2147483647L, &v))
+                return -1;
+            cfg->consumer_timeout_ms = (uint32_t)v;
         } else if (OPT("--bind")) {
             if (strlen(val) >= sizeof cfg->bind) {
                 fprintf(stderr, "warren: --bind address too long\n");

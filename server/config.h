@@ -14,6 +14,7 @@ struct config {
     uint16_t channel_max;  /* 2047 */
     uint32_t frame_max;    /* 131072 */
     uint16_t heartbeat;    /* 60 seconds; 0 = off */
+    uint32_t consumer_timeout_ms; /* unacked deliveries older than this close their channel; 0 = off */
 };
 
 void config_defaults(struct config *cfg);

@@ -123,6 +123,7 @@ static uint64_t record_delivery(struct channel *ch, struct queue *q, struct cons
     u->e = e;
     u->tx_action = UA_LIVE;
     u->counted = c != NULL;
+    u->delivered_at = ch->conn->b->cfg.consumer_timeout_ms ? qpolicy_now() : 0;
     q->unacked++;
     if (c) {
         c->unacked++;
@@ -150,6 +151,23 @@ void consumer_deliver(struct consumer *c, struct qentry e)
     struct message *msg = e.msg;
     d->delivery_tag = record_delivery(ch, c->q, c, e);
     conn_send_content(ch->conn, ch->id, &m, msg);
+}
+
+void consumer_check_timeout(struct channel *ch, int64_t now, uint32_t timeout_ms)
+{
+    if (ch->state != CH_OPEN)
+        return;
+    for (size_t i = ch->ua_head; i < ch->ua_len; i++) {
+        const struct unacked *u = &ch->ua[i];
+        if (!u->q)
+            continue;
+        if (now - u->delivered_at > (int64_t)timeout_ms)
+            channel_error(ch, AMQP_PRECONDITION_FAILED, 0,
+                          "delivery acknowledgement on channel %u timed out. Timeout value used: %u ms. This "
+                          "timeout value can be configured, see consumers doc guide to learn more",
+                          ch->id, timeout_ms);
+        return; /* the oldest live delivery decides */
+    }
 }
 
 void channel_wake_consumers(struct channel *ch)
