@@ -13,6 +13,7 @@
 #include "server/message.h"
 #include "server/names.h"
 #include "server/persist.h"
+#include "server/qargs.h"
 #include "server/qpolicy.h"
 #include "server/queue.h"
 #include "server/vhost.h"
@@ -252,6 +253,14 @@ static void basic_consume(struct channel *ch, const struct amqp_basic_consume *b
             return;
         }
     }
+    struct field_value prio;
+    int64_t priority = 0;
+    if (table_get(bc->arguments, "x-priority", &prio) == 1 && (prio.type == 'T' || field_as_int64(&prio, &priority) != 0)) {
+        channel_error(ch, AMQP_PRECONDITION_FAILED, mid,
+                      "invalid arg 'x-priority' for queue '%.*s' in vhost '%s': \"expected integer, got %s\"",
+                      (int)q->name_len, q->name, q->vh->name, qargs_type_name(prio.type));
+        return;
+    }
     struct consumer *c = xcalloc(1, sizeof *c);
     c->ch = ch;
     c->q = q;
@@ -260,10 +269,7 @@ static void basic_consume(struct channel *ch, const struct amqp_basic_consume *b
     c->no_ack = bc->no_ack;
     c->exclusive = bc->exclusive;
     c->prefetch = ch->prefetch_consumer;
-    struct field_value prio;
-    int64_t p;
-    if (table_get(bc->arguments, "x-priority", &prio) == 1 && field_as_int64(&prio, &p) == 0)
-        c->priority = (int32_t)(p > INT32_MAX ? INT32_MAX : p < INT32_MIN ? INT32_MIN : p);
+    c->priority = (int32_t)(priority > INT32_MAX ? INT32_MAX : priority < INT32_MIN ? INT32_MIN : priority);
     if (ch->nconsumers == ch->consumers_cap) {
         ch->consumers_cap = ch->consumers_cap ? ch->consumers_cap * 2 : 4;
         ch->consumers = xrealloc(ch->consumers, ch->consumers_cap * sizeof *ch->consumers);

@@ -139,10 +139,11 @@ static void expire_now(struct queue *q)
         queue_pop_ring(q, &e);
         queue_drop(q, &e, DL_EXPIRED);
     }
-    if (q->has_msg_ttl)
+    bool full_scan = q->has_msg_ttl || q->qa.max_priority; /* the head is not the oldest */
+    if (full_scan)
         drop_expired_inside(q, now);
     int64_t next = 0;
-    size_t scan = q->has_msg_ttl ? q->count : (q->count ? 1 : 0);
+    size_t scan = full_scan ? q->count : (q->count ? 1 : 0);
     for (size_t i = 0; i < scan; i++) {
         int64_t t = q->ring[(q->head + i) & (q->cap - 1)].expires_at;
         if (t && (!next || t < next))

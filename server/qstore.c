@@ -14,8 +14,11 @@
 
 static struct store *store_of(const struct queue *q) { return q->vh->broker->store; }
 
+/* A priority queue keeps all its messages in memory: its order is not the store's. */
 static bool window_full(const struct queue *q)
 {
+    if (q->qa.max_priority)
+        return false;
     return q->disk_count > 0 || q->count >= QUEUE_WINDOW || q->ring_bytes >= QUEUE_WINDOW_BYTES;
 }
 
@@ -113,16 +116,18 @@ static bool load_one(void *arg, const struct store_entry *se)
     q->disk_count--;
     q->disk_bytes = q->disk_bytes > se->body.len ? q->disk_bytes - se->body.len : 0;
     q->disk_seq = se->seq + 1;
-    return q->ring_bytes < QUEUE_WINDOW_BYTES;
+    return q->qa.max_priority || q->ring_bytes < QUEUE_WINDOW_BYTES;
 }
 
 size_t qstore_page_in(struct queue *q)
 {
     struct store *s = store_of(q);
-    if (!q->disk_count || q->awaiting_commit || !s || q->count >= QUEUE_WINDOW ||
-        (q->count && q->ring_bytes >= QUEUE_WINDOW_BYTES))
+    bool all = q->qa.max_priority != 0; /* read whole: priority order spans the backlog */
+    if (!q->disk_count || q->awaiting_commit || !s ||
+        (!all && (q->count >= QUEUE_WINDOW || (q->count && q->ring_bytes >= QUEUE_WINDOW_BYTES))))
         return 0;
-    long n = store_read_entries(s, q->store_id, q->disk_seq, QUEUE_WINDOW - q->count, load_one, q);
+    long n = store_read_entries(s, q->store_id, q->disk_seq, all ? (size_t)q->disk_count : QUEUE_WINDOW - q->count,
+                                load_one, q);
     if (n == 0 && store_committed(s) < q->disk_batch) {
         persist_wait_commit(q); /* the paged-out entries are still on their way to the disk */
         return 0;

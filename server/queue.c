@@ -66,8 +66,60 @@ static void grow(struct queue *q)
     q->head = 0;
 }
 
+static uint8_t entry_priority(const struct queue *q, const struct qentry *e)
+{
+    return e->msg->priority < q->qa.max_priority ? e->msg->priority : q->qa.max_priority;
+}
+
+/* The queue's order: by seq; in a priority queue, highest priority first, then by seq. */
+static bool goes_before(const struct queue *q, const struct qentry *a, const struct qentry *b)
+{
+    if (q->qa.max_priority) {
+        uint8_t pa = entry_priority(q, a), pb = entry_priority(q, b);
+        if (pa != pb)
+            return pa > pb;
+    }
+    return a->seq < b->seq;
+}
+
+/* Puts e in its place in the ring: usually at one end, else found by binary search. */
+static void insert_ordered(struct queue *q, struct qentry e)
+{
+    if (q->count == q->cap)
+        grow(q);
+    size_t pos;
+    if (q->count == 0 || !goes_before(q, &e, at(q, q->count - 1))) {
+        pos = q->count;
+    } else if (goes_before(q, &e, at(q, 0))) {
+        pos = 0;
+    } else {
+        size_t lo = 1, hi = q->count - 1;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (goes_before(q, at(q, mid), &e))
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        pos = lo;
+    }
+    if (pos == 0) {
+        q->head = (q->head + q->cap - 1) & (q->cap - 1);
+    } else {
+        for (size_t i = q->count; i > pos; i--)
+            *at(q, i) = *at(q, i - 1);
+    }
+    *at(q, pos) = e;
+    q->count++;
+    q->ring_bytes += e.msg->body_len;
+}
+
 static void push_tail(struct queue *q, struct qentry e)
 {
+    if (q->qa.max_priority) {
+        insert_ordered(q, e);
+        return;
+    }
     if (q->count == q->cap)
         grow(q);
     *at(q, q->count++) = e;
@@ -148,30 +200,7 @@ void queue_requeue(struct queue *q, struct qentry e)
         return;
     }
     e.redelivered = true;
-    if (q->count == q->cap)
-        grow(q);
-    /* Usually older than every ready entry: goes to the front. Else binary search by seq. */
-    size_t pos = 0;
-    if (q->count && at(q, 0)->seq < e.seq) {
-        size_t lo = 0, hi = q->count;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            if (at(q, mid)->seq < e.seq)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        pos = lo;
-    }
-    if (pos == 0) {
-        q->head = (q->head + q->cap - 1) & (q->cap - 1);
-    } else {
-        for (size_t i = q->count; i > pos; i--)
-            *at(q, i) = *at(q, i - 1);
-    }
-    *at(q, pos) = e;
-    q->count++;
-    q->ring_bytes += e.msg->body_len;
+    insert_ordered(q, e); /* back to its original position */
     if (q->nconsumers)
         queue_wake(q);
 }
