@@ -365,9 +365,11 @@ static void settle(struct channel *ch, uint64_t tag, bool multiple, uint8_t acti
         last = (size_t)(u - ch->ua);
         first = multiple ? ch->ua_head : last;
     }
-    /* From the newest down, so requeued entries each go to the front of their queue. */
-    for (size_t i = last + 1; i-- > first;) {
-        struct unacked *u = &ch->ua[i];
+    /* Requeues from the newest down, so each goes to the front of its queue; acks and
+     * drops from the oldest up, so dead letters keep their order. */
+    bool down = action == UA_TX_REQUEUE;
+    for (size_t k = 0; k <= last - first; k++) {
+        struct unacked *u = &ch->ua[down ? last - k : first + k];
         if (!u->q || u->tx_action != UA_LIVE)
             continue;
         if (ch->tx)

@@ -295,6 +295,7 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
         if (!q)
             return;
         remember_queue(ch, queue_name(q));
+        qpolicy_touch(q);
         if (!d->nowait)
             send_declare_ok(ch, q);
         return;

@@ -201,6 +201,12 @@ void queue_requeue(struct queue *q, struct qentry e)
     }
     e.redelivered = true;
     insert_ordered(q, e); /* back to its original position */
+    if (e.expires_at)
+        qpolicy_arm(q, e.expires_at); /* it keeps its expiry: maybe already past */
+    if (q->qa.max_length >= 0 || q->qa.max_length_bytes >= 0) {
+        q->trim_pending = true; /* after every requeue of this settle, oldest dropped first */
+        queue_wake(q);
+    }
     if (q->nconsumers)
         queue_wake(q);
 }
@@ -277,6 +283,10 @@ static struct consumer *pick_consumer(struct queue *q)
 
 void queue_dispatch(struct queue *q)
 {
+    if (q->trim_pending) {
+        q->trim_pending = false;
+        qpolicy_trim(q);
+    }
     if (persist_hold_deliveries(q))
         return;
     if (q->disk_count && q->count < QUEUE_WINDOW / 2 && q->ring_bytes < QUEUE_WINDOW_BYTES / 2 && q->nconsumers)

@@ -62,6 +62,7 @@ struct queue {
     struct event *expiry_ev;
     struct event *unused_ev;    /* x-expires countdown */
     bool has_msg_ttl;           /* an entry has its own TTL: expiry scans the whole ring */
+    bool trim_pending;          /* requeues may have put it over its length limit */
 
     struct consumer **consumers;
     size_t nconsumers, consumers_cap, next_consumer;
