@@ -139,6 +139,7 @@ int broker_init(struct broker *b, const struct config *cfg)
         log_error("cannot create the event loop");
         return -1;
     }
+    xmap_init(&b->reply_channels);
     b->vhost = vhost_new(b, "/");
     if (persist_open(b) != 0)
         return -1;
@@ -216,6 +217,7 @@ void broker_free(struct broker *b)
     vhost_free(&b->vhost);
     route_result_free(&b->route);
     route_result_free(&b->route_extra);
+    xmap_free(&b->reply_channels);
     free(b->readbuf);
     if (b->listener)
         evconnlistener_free(b->listener);

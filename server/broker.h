@@ -9,6 +9,7 @@
 #include "amqp/bytes.h"
 #include "server/config.h"
 #include "server/exchange.h"
+#include "common/xmap.h"
 
 struct event_base;
 struct event;
@@ -40,6 +41,7 @@ struct broker {
     uint64_t route_gen;           /* routing dedup marks */
     struct route_result route;    /* reused by every publish */
     struct route_result route_extra; /* scratch for CC/BCC keys */
+    struct xmap reply_channels;   /* direct reply-to: reply name -> channel */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
     struct connection *flush_list; /* connections with frames to write this turn */
     uint8_t *readbuf;             /* shared input buffer: a leftover frame + READ_CHUNK */

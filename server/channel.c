@@ -16,6 +16,7 @@
 #include "server/log.h"
 #include "server/message.h"
 #include "server/qstore.h"
+#include "server/reply_to.h"
 #include "server/sender_keys.h"
 #include "storage/store.h"
 #include "server/vhost.h"
@@ -71,6 +72,7 @@ void channel_free(struct channel **chp)
     if (!ch)
         return;
     release(ch);
+    reply_to_channel_gone(ch);
     stop_waiting(ch);
     free(ch->waits);
     free(ch->ua);
@@ -130,6 +132,13 @@ static enum routed route_message(struct channel *ch, struct message *msg, bool m
     struct exchange *x = vhost_exchange(vh, message_exchange(msg));
     struct route_result *r = &ch->conn->b->route;
     r->n = 0;
+    bool replied;
+    if (x && x->is_default && reply_to_route(ch->conn->b, message_rkey(msg), msg, &replied)) {
+        if (!replied && mandatory)
+            send_return(ch, msg);
+        message_unref(&msg);
+        return ROUTED;
+    }
     if (x)
         exchange_route(x, message_rkey(msg), message_headers(msg), r);
     if (x && msg->has_headers && sender_keys_present(message_headers(msg))) {
@@ -320,9 +329,26 @@ void channel_handle_header(struct channel *ch, const uint8_t *p, size_t len)
                       (int)(pr.expiration.len > 100 ? 100 : pr.expiration.len), (const char *)pr.expiration.ptr, reason);
         return;
     }
+    struct abuf rewritten;
+    abuf_init(&rewritten);
+    if ((pr.flags & AMQP_PROP_REPLY_TO) && reply_to_is_pseudo_queue(pr.reply_to)) {
+        if (!reply_to_rewrite(ch, &pr)) {
+            abuf_free(&rewritten);
+            return;
+        }
+        amqp_props_encode(&pr, &rewritten);
+        props = rewritten.data;
+        props_len = rewritten.len;
+        if (amqp_props_decode(props, props_len, &pr) != 0) { /* re-read: views into the new bytes */
+            abuf_free(&rewritten);
+            conn_error(ch->conn, AMQP_INTERNAL_ERROR, AMQP_BASIC_PUBLISH, "cannot re-encode properties");
+            return;
+        }
+    }
     struct broker *b = ch->conn->b;
     ch->pub_msg = message_new(++b->next_message_id, amqp_bytes_of(ch->pub_exchange, ch->pub_exchange_len),
                               amqp_bytes_of(ch->pub_rkey, ch->pub_rkey_len), props, props_len, &pr, body_size);
+    abuf_free(&rewritten);
     ch->pub = PUB_AWAIT_BODY;
     if (body_size == 0)
         complete_publish(ch);

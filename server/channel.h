@@ -89,6 +89,10 @@ struct channel {
     struct tx_publish *tx_pubs;
     size_t ntx_pubs, tx_pubs_cap;
     bool flow_active;
+    char reply_tag[256];      /* direct reply-to: the reply consumer's tag */
+    uint8_t reply_tag_len;
+    char reply_name[64];      /* "amq.rabbitmq.reply-to.<random>"; length 0 = no reply consumer */
+    uint8_t reply_name_len;
     char last_queue[256];     /* for queue methods with an empty name */
     uint8_t last_queue_len;
 };

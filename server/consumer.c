@@ -16,6 +16,7 @@
 #include "server/qargs.h"
 #include "server/qpolicy.h"
 #include "server/queue.h"
+#include "server/reply_to.h"
 #include "server/vhost.h"
 #include "common/xalloc.h"
 
@@ -234,6 +235,10 @@ void consumer_queue_deleted(struct consumer *c)
 static void basic_consume(struct channel *ch, const struct amqp_basic_consume *bc)
 {
     const uint32_t mid = AMQP_BASIC_CONSUME;
+    if (reply_to_is_pseudo_queue(bc->queue)) {
+        reply_to_consume(ch, bc);
+        return;
+    }
     struct queue *q = channel_use_queue(ch, bc->queue, mid);
     if (!q)
         return;
@@ -285,7 +290,7 @@ static void basic_consume(struct channel *ch, const struct amqp_basic_consume *b
 
 static void basic_cancel(struct channel *ch, const struct amqp_basic_cancel *bc)
 {
-    struct consumer *c = find_consumer(ch, bc->consumer_tag);
+    struct consumer *c = reply_to_cancel(ch, bc->consumer_tag) ? NULL : find_consumer(ch, bc->consumer_tag);
     if (!bc->nowait) {
         struct amqp_method ok = { .id = AMQP_BASIC_CANCEL_OK };
         ok.a.basic_cancel_ok.consumer_tag = bc->consumer_tag;

@@ -12,6 +12,7 @@
 #include "server/persist.h"
 #include "server/qargs.h"
 #include "server/qpolicy.h"
+#include "server/reply_to.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 
@@ -290,6 +291,14 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
     struct vhost *vh = ch->conn->vh;
     amqp_bytes name = d->queue;
     char generated[64];
+    if (reply_to_is_pseudo_queue(name)) { /* RabbitMQ answers for the pseudo-queue */
+        struct amqp_method ok = { .id = AMQP_QUEUE_DECLARE_OK };
+        ok.a.queue_declare_ok.queue = name;
+        ok.a.queue_declare_ok.consumer_count = 1;
+        if (!d->nowait)
+            conn_send_method(ch->conn, ch->id, &ok);
+        return;
+    }
     if (d->passive) {
         struct queue *q = channel_use_queue(ch, name, mid);
         if (!q)
