@@ -140,6 +140,7 @@ int broker_init(struct broker *b, const struct config *cfg)
         return -1;
     }
     xmap_init(&b->reply_channels);
+    abuf_init(&b->scratch);
     b->vhost = vhost_new(b, "/");
     if (persist_open(b) != 0)
         return -1;
@@ -218,6 +219,7 @@ void broker_free(struct broker *b)
     route_result_free(&b->route);
     route_result_free(&b->route_extra);
     xmap_free(&b->reply_channels);
+    abuf_free(&b->scratch);
     free(b->readbuf);
     if (b->listener)
         evconnlistener_free(b->listener);

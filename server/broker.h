@@ -10,6 +10,7 @@
 #include "server/config.h"
 #include "server/exchange.h"
 #include "common/xmap.h"
+#include "amqp/abuf.h"
 
 struct event_base;
 struct event;
@@ -42,6 +43,7 @@ struct broker {
     struct route_result route;    /* reused by every publish */
     struct route_result route_extra; /* scratch for CC/BCC keys */
     struct xmap reply_channels;   /* direct reply-to: reply name -> channel */
+    struct abuf scratch;          /* per-delivery properties (x-delivery-count) */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
     struct connection *flush_list; /* connections with frames to write this turn */
     uint8_t *readbuf;             /* shared input buffer: a leftover frame + READ_CHUNK */

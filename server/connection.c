@@ -187,6 +187,12 @@ static void unref_body(const void *data, size_t len, void *arg)
 void conn_send_content(struct connection *c, uint16_t channel, const struct amqp_method *m,
                        struct message *msg)
 {
+    conn_send_content_props(c, channel, m, msg, message_props(msg));
+}
+
+void conn_send_content_props(struct connection *c, uint16_t channel, const struct amqp_method *m,
+                             struct message *msg, amqp_bytes props)
+{
     if (c->state == CONN_CLOSED)
         return;
     struct abuf *b = &c->out;
@@ -196,7 +202,6 @@ void conn_send_content(struct connection *c, uint16_t channel, const struct amqp
     abuf_u16(b, AMQP_CLASS_BASIC);
     abuf_u16(b, 0);
     abuf_u64(b, msg->body_len);
-    amqp_bytes props = message_props(msg);
     abuf_bytes(b, props.ptr, props.len);
     frame_end(b, off);
     size_t chunk_max = c->frame_max - 8;

@@ -78,6 +78,9 @@ void conn_send_method(struct connection *c, uint16_t channel, const struct amqp_
 /* Sends a method frame followed by the message's content header and body frames. */
 void conn_send_content(struct connection *c, uint16_t channel, const struct amqp_method *m,
                        struct message *msg);
+/* The same with other properties than the message's own (raw flags + list). */
+void conn_send_content_props(struct connection *c, uint16_t channel, const struct amqp_method *m,
+                             struct message *msg, amqp_bytes props);
 /* Hard error: sends connection.close with the reply code and "NAME - text", tears down
  * every channel and ignores further input but close-ok. method_id is the offending method. */
 void conn_error(struct connection *c, int code, uint32_t method_id, const char *fmt, ...)

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amqp/abuf.h"
 #include "amqp/table.h"
 #include "amqp_methods.h"
 #include "server/broker.h"
@@ -134,6 +135,38 @@ static uint64_t record_delivery(struct channel *ch, struct queue *q, struct cons
     return u->tag;
 }
 
+/* The properties a delivery carries: the message's own, or with x-delivery-count (the
+ * number of earlier deliveries) appended to the headers for queues that count them. */
+static amqp_bytes delivery_props(const struct queue *q, const struct qentry *e, struct abuf *scratch)
+{
+    amqp_bytes props = message_props(e->msg);
+    struct amqp_basic_properties pr;
+    if (!q->qa.delivery_count_header || amqp_props_decode(props.ptr, props.len, &pr) != 0)
+        return props;
+    struct abuf h;
+    abuf_init(&h);
+    size_t t = table_begin(&h);
+    struct table_iter it;
+    table_iter_init(&it, (pr.flags & AMQP_PROP_HEADERS) ? pr.headers : amqp_bytes_of("", 0));
+    amqp_bytes key;
+    struct field_value v;
+    while (table_next(&it, &key, &v) == 1) {
+        if (amqp_bytes_eq_cstr(key, "x-delivery-count"))
+            continue;
+        table_key_bytes(&h, key);
+        field_put_value(&h, &v);
+    }
+    table_key(&h, "x-delivery-count");
+    field_put_i64(&h, e->deliveries ? e->deliveries - 1 : 0);
+    table_end(&h, t);
+    pr.headers = amqp_bytes_of(h.data + 4, h.len - 4);
+    pr.flags |= AMQP_PROP_HEADERS;
+    abuf_reset(scratch);
+    amqp_props_encode(&pr, scratch);
+    abuf_free(&h);
+    return amqp_bytes_of(scratch->data, scratch->len);
+}
+
 void consumer_deliver(struct consumer *c, struct qentry e)
 {
     struct channel *ch = c->ch;
@@ -145,14 +178,15 @@ void consumer_deliver(struct consumer *c, struct qentry e)
     d->routing_key = message_rkey(e.msg);
     if (c->no_ack) {
         d->delivery_tag = ++ch->next_tag;
-        conn_send_content(ch->conn, ch->id, &m, e.msg);
+        conn_send_content_props(ch->conn, ch->id, &m, e.msg, delivery_props(c->q, &e, &ch->conn->b->scratch));
         queue_settle(c->q, &e);
         message_unref(&e.msg);
         return;
     }
     struct message *msg = e.msg;
+    amqp_bytes props = delivery_props(c->q, &e, &ch->conn->b->scratch);
     d->delivery_tag = record_delivery(ch, c->q, c, e);
-    conn_send_content(ch->conn, ch->id, &m, msg);
+    conn_send_content_props(ch->conn, ch->id, &m, msg, props);
 }
 
 void consumer_check_timeout(struct channel *ch, int64_t now, uint32_t timeout_ms)
@@ -337,15 +371,16 @@ static void basic_get(struct channel *ch, const struct amqp_basic_get *g)
     ok->routing_key = message_rkey(e.msg);
     ok->message_count = (uint32_t)queue_ready(q);
     struct message *msg = e.msg;
+    amqp_bytes props = delivery_props(q, &e, &ch->conn->b->scratch);
     if (g->no_ack) {
         ok->delivery_tag = ++ch->next_tag;
-        conn_send_content(ch->conn, ch->id, &m, msg);
+        conn_send_content_props(ch->conn, ch->id, &m, msg, props);
         queue_settle(q, &e);
         message_unref(&e.msg);
         return;
     }
     ok->delivery_tag = record_delivery(ch, q, NULL, e);
-    conn_send_content(ch->conn, ch->id, &m, msg);
+    conn_send_content_props(ch->conn, ch->id, &m, msg, props);
 }
 
 /* ---- ack, nack, reject, recover ----------------------------------------------------- */

@@ -127,8 +127,11 @@ int qargs_parse(amqp_bytes args, struct qargs *q, const char *who, char *err, si
         q->has_dlx = true;
     }
     static const char *const types[] = { "classic", "quorum", NULL };
-    if (enum_arg(&c, args, "x-queue-type", types, "queue type", &choice) < 0 ||
-        int_arg(&c, args, "x-expires", 1, MAX_TTL_MS, "value_too_large", &q->expires) < 0 ||
+    choice = 0;
+    if (enum_arg(&c, args, "x-queue-type", types, "queue type", &choice) < 0)
+        return -1;
+    bool choice_quorum = choice == 1;
+    if (int_arg(&c, args, "x-expires", 1, MAX_TTL_MS, "value_too_large", &q->expires) < 0 ||
         int_arg(&c, args, "x-message-ttl", 0, MAX_TTL_MS, "value_too_large", &q->message_ttl) < 0)
         return -1;
     rc = str_arg(&c, args, "x-dead-letter-routing-key", &q->dlrk);
@@ -160,9 +163,15 @@ int qargs_parse(amqp_bytes args, struct qargs *q, const char *who, char *err, si
         }
         q->single_active_consumer = v.v.i != 0;
     }
-    if (table_get(args, "x-delivery-limit", &v) == 1) { /* not implemented: refused as RabbitMQ's classic queues do */
-        snprintf(err, size, "invalid arg 'x-delivery-limit' for %s of queue type rabbit_classic_queue", who);
-        return -1;
+    if (table_get(args, "x-delivery-limit", &v) == 1) { /* as quorum queues have it; negative = none */
+        if (v.type == 'T' || field_as_int64(&v, &n) != 0) {
+            char reason[96];
+            snprintf(reason, sizeof reason, "\"expected integer, got %s\"", qargs_type_name(v.type));
+            return fail(&c, "x-delivery-limit", reason);
+        }
+        q->delivery_limit = n < 0 ? -1 : n;
+        q->delivery_count_header = true;
     }
+    q->delivery_count_header |= choice_quorum;
     return 0;
 }

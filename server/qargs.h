@@ -22,6 +22,7 @@ struct qargs {
     amqp_bytes dlx, dlrk;      /* views into the queue's arguments table */
     uint8_t max_priority;      /* 0 = not a priority queue */
     int64_t delivery_limit;    /* -1 = none */
+    bool delivery_count_header; /* deliveries carry x-delivery-count (quorum type or a delivery limit) */
     bool single_active_consumer;
 };
 

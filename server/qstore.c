@@ -105,6 +105,7 @@ static bool load_one(void *arg, const struct store_entry *se)
         .msg = m,
         .seq = se->seq,
         .redelivered = se->seq <= q->delivered_seq,
+        .deliveries = se->seq <= q->delivered_seq, /* counts from one delivery after a restart */
         .stored = true,
         .expires_at = se->expires,
     };

@@ -180,6 +180,8 @@ int queue_pop(struct queue *q, struct qentry *out)
         queue_drop(q, out, DL_EXPIRED); /* never delivered once expired */
     }
     qstore_delivered(q, out);
+    if (out->deliveries < UINT16_MAX)
+        out->deliveries++;
     return 1;
 }
 
@@ -200,6 +202,10 @@ void queue_requeue(struct queue *q, struct qentry e)
         return;
     }
     e.redelivered = true;
+    if (q->qa.delivery_limit >= 0 && e.deliveries > q->qa.delivery_limit) {
+        queue_drop(q, &e, DL_DELIVERY_LIMIT); /* delivered too often: dead-lettered instead */
+        return;
+    }
     insert_ordered(q, e); /* back to its original position */
     if (e.expires_at)
         qpolicy_arm(q, e.expires_at); /* it keeps its expiry: maybe already past */

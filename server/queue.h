@@ -26,6 +26,7 @@ struct qentry {
     uint32_t store_op;
     bool redelivered;
     bool stored;
+    uint16_t deliveries;        /* times delivered (x-delivery-count, x-delivery-limit); saturates */
 };
 
 /* A stored queue keeps at most this many ready messages (and bytes) in memory; the rest
