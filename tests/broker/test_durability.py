@@ -789,6 +789,7 @@ def test_second_broker_on_same_data_dir_refused(fresh_broker):
     assert lock.read_text() == lock_text
     ch.basic_publish("", "q", b"two", PERSISTENT)
     assert ch.queue_declare("q", durable=True).method.message_count == 2
+    barrier(ch)  # "two" was not confirmed: make sure it is on disk before the kill
     restart(b, KILL, [conn])
     assert str(b.proc.pid) in (b.datadir / "warren.lock").read_text().split()
     conn = connect(b)
