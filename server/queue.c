@@ -144,6 +144,10 @@ bool queue_publish(struct queue *q, struct message *m)
     push_tail(q, e);
     if (e.expires_at)
         qpolicy_arm(q, e.expires_at);
+    /* A message a consumer can take now never counts against a length limit: hand it over
+     * before trimming (as RabbitMQ does), not at the end of the loop turn. */
+    if ((q->qa.max_length >= 0 || q->qa.max_length_bytes >= 0) && q->nconsumers)
+        queue_dispatch(q);
     qpolicy_trim(q);
     if (deliver_now)
         queue_dispatch(q);
