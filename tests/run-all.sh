@@ -26,7 +26,10 @@ done
 
 export WARREN_INTEROP_DIR=build/interop
 run_suite "broker tests (build/warren)" env WARREN_BIN=build/warren \
-  $PY -m pytest -q -p no:cacheprovider tests/broker
+  $PY -m pytest -q -p no:cacheprovider -m "not crash" tests/broker
+# The SIGKILL crash rounds print each round's counts (-s shows them).
+run_suite "crash tests (build/warren)" env WARREN_BIN=build/warren \
+  $PY -m pytest -q -s -p no:cacheprovider -m crash tests/broker
 run_suite "broker tests (ASan/UBSan build/asan/warren)" env WARREN_BIN=build/asan/warren \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
   $PY -m pytest -q -p no:cacheprovider tests/broker
