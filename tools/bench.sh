@@ -4,7 +4,7 @@
 #
 # Usage: tools/bench.sh [SCENARIO...]          (or: make bench SCEN="S1 S5" RUNS=3)
 # Environment:
-#   SCEN          scenarios to run (default: S1 S2 S3 S4 S4b S5 S6 S7 S8 S9)
+#   SCEN          scenarios to run (default: S1 S2 S3 S4 S4b S5 S6 S7 S8 S9 S10)
 #   RUNS          runs per scenario and broker (default 3)
 #   BROKERS       brokers to compare (default: "warren rabbitmq")
 #   BENCH_SCALE   multiplies every message count and S6's duration (default 1)
@@ -24,7 +24,7 @@ ROOT=$(pwd)
 
 SCEN=${SCEN:-}
 [ $# -gt 0 ] && SCEN="$*"
-[ -z "$SCEN" ] && SCEN="S1 S2 S3 S4 S4b S5 S6 S7 S8 S9"
+[ -z "$SCEN" ] && SCEN="S1 S2 S3 S4 S4b S5 S6 S7 S8 S9 S10"
 RUNS=${RUNS:-3}
 BROKERS=${BROKERS:-"warren rabbitmq"}
 SCALE=${BENCH_SCALE:-1}
@@ -34,7 +34,7 @@ BENCH=${BENCH_BIN:-build/warren-bench}
 PY=/usr/bin/python3
 
 for s in $SCEN; do
-  case $s in S1|S2|S3|S4|S4b|S5|S6|S7|S8|S9) ;; *) echo "bench: unknown scenario $s" >&2; exit 2 ;; esac
+  case $s in S1|S2|S3|S4|S4b|S5|S6|S7|S8|S9|S10) ;; *) echo "bench: unknown scenario $s" >&2; exit 2 ;; esac
 done
 for b in $BROKERS; do
   case $b in warren|rabbitmq) ;; *) echo "bench: unknown broker $b" >&2; exit 2 ;; esac
@@ -302,6 +302,7 @@ run_scenario() { # run_scenario SCEN BROKER RUN
           --consumers 4 --queues 4 ;;
     S8) run_s8 "$b" "$r"; return ;;
     S9) bench_run "$b" S9 "$r" "${common[@]}" --connections 1000 --hold 3 ;;
+    S10) bench_run "$b" S10 "$r" "${common[@]}" --count "$(scaled 100000)" --size 256 --dead-letter-ttl 0 ;;
   esac
   summary "$LAST"
 }

@@ -24,6 +24,9 @@
  *               the default exchange, consumer c consumes from queue c % N.
  *   --fanout    one fanout exchange bound to the N queues; every producer
  *               publishes to the exchange; consumer c consumes from queue c % N.
+ *   --dead-letter-ttl MS   one queue: producers publish to a source queue
+ *               PREFIX-src with x-message-ttl MS that dead-letters (default
+ *               exchange) into PREFIX-q0, from which the consumers consume.
  *   --connections N   no messages: opens N idle connections with one channel
  *               each, holds them for --hold seconds and reports the broker's
  *               RSS per connection when --broker-pid is given.
@@ -102,6 +105,8 @@ static struct config {
   long broker_pid;
   bool quiet;
   bool no_batch; /* one amqp_basic_publish per message instead of batched writes */
+  long dead_letter_ttl; /* >= 0: publish to PREFIX-src with this TTL in ms, which
+                           dead-letters into PREFIX-q0 (-1: off) */
 } cfg = {
     .host = "127.0.0.1",
     .port = 5672,
@@ -118,6 +123,7 @@ static struct config {
     .timeout = 300,
     .idle_timeout = 10,
     .hold = 3,
+    .dead_letter_ttl = -1,
 };
 
 /* ------------------------------------------------------------------ shared state */
@@ -140,6 +146,7 @@ struct queue_state {
 };
 static struct queue_state *g_queues;
 static char g_exchange[200];
+static struct queue_state g_source; /* --dead-letter-ttl: the queue producers publish to */
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -551,13 +558,25 @@ static uint64_t idseq_of(const struct producer *p, uint64_t seq) {
   return (seq & (MAX_SEQ - 1)) | ((uint64_t)(uint16_t)p->id << 48);
 }
 
+/* Where producer p publishes: the fanout exchange, the dead-lettering source
+ * queue, or its own queue through the default exchange. */
+static const char *publish_exchange(void) { return cfg.fanout ? g_exchange : ""; }
+
+static const char *publish_routing_key(const struct producer *p) {
+  if (cfg.fanout)
+    return "";
+  if (cfg.dead_letter_ttl >= 0)
+    return g_source.name;
+  return g_queues[p->queue].name;
+}
+
 /* --no-batch: one amqp_basic_publish per message (rabbitmq-c writes each of
  * its three frames with a send call of its own). Returns 0 when done, 1 if
  * stopped, -1 on a fatal error. */
 static int publish_single(struct pub *u) {
   struct producer *p = u->p;
-  amqp_bytes_t exchange = amqp_cstring_bytes(cfg.fanout ? g_exchange : "");
-  amqp_bytes_t rkey = amqp_cstring_bytes(cfg.fanout ? "" : g_queues[p->queue].name);
+  amqp_bytes_t exchange = amqp_cstring_bytes(publish_exchange());
+  amqp_bytes_t rkey = amqp_cstring_bytes(publish_routing_key(p));
   amqp_basic_properties_t props;
   memset(&props, 0, sizeof props);
   if (cfg.persistent) {
@@ -710,8 +729,7 @@ static int publish_batched(struct pub *u) {
   size_t chunk = (size_t)frame_max - 8; /* body bytes per body frame */
   size_t nframes = (cfg.size + chunk - 1) / chunk;
   unsigned char prefix[640];
-  size_t prefix_len = encode_publish_prefix(prefix, cfg.fanout ? g_exchange : "",
-                                            cfg.fanout ? "" : g_queues[p->queue].name);
+  size_t prefix_len = encode_publish_prefix(prefix, publish_exchange(), publish_routing_key(p));
   size_t msg_len = prefix_len + nframes * 8 + cfg.size;
   size_t cap = msg_len > BATCH_BYTES ? msg_len : BATCH_BYTES;
   size_t max_n = cap / msg_len;
@@ -1065,6 +1083,28 @@ out:
 
 /* ------------------------------------------------------------------ topology */
 
+/* --dead-letter-ttl: the source queue, whose messages expire after the TTL and
+ * are dead-lettered through the default exchange into queue 0. */
+static bool declare_source_queue(amqp_connection_state_t conn, bool passive, char *err,
+                                 size_t len) {
+  amqp_table_entry_t args[3];
+  args[0].key = amqp_cstring_bytes("x-message-ttl");
+  args[0].value.kind = AMQP_FIELD_KIND_I32;
+  args[0].value.value.i32 = (int32_t)cfg.dead_letter_ttl;
+  args[1].key = amqp_cstring_bytes("x-dead-letter-exchange");
+  args[1].value.kind = AMQP_FIELD_KIND_UTF8;
+  args[1].value.value.bytes = amqp_cstring_bytes("");
+  args[2].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+  args[2].value.kind = AMQP_FIELD_KIND_UTF8;
+  args[2].value.value.bytes = amqp_cstring_bytes(g_queues[0].name);
+  amqp_table_t table = {3, args};
+  amqp_queue_declare(conn, 1, amqp_cstring_bytes(g_source.name), passive, cfg.persistent, 0, 0,
+                     table);
+  char what[256];
+  snprintf(what, sizeof what, "queue.declare %s", g_source.name);
+  return rpc_ok(conn, what, err, len);
+}
+
 static bool declare_topology(amqp_connection_state_t conn, bool passive, char *err, size_t len) {
   if (cfg.fanout) {
     amqp_exchange_declare(conn, 1, amqp_cstring_bytes(g_exchange), amqp_cstring_bytes("fanout"),
@@ -1086,11 +1126,26 @@ static bool declare_topology(amqp_connection_state_t conn, bool passive, char *e
         return false;
     }
   }
+  if (cfg.dead_letter_ttl >= 0 && !declare_source_queue(conn, passive, err, len))
+    return false;
+  return true;
+}
+
+/* Deletes queue q and records its leftover message count. */
+static bool delete_queue(amqp_connection_state_t conn, struct queue_state *q, char *err,
+                         size_t len) {
+  amqp_queue_delete_ok_t *d = amqp_queue_delete(conn, 1, amqp_cstring_bytes(q->name), 0, 0);
+  if (!rpc_ok(conn, "queue.delete", err, len))
+    return false;
+  q->leftover = d ? d->message_count : 0;
+  q->deleted = true;
   return true;
 }
 
 /* Deletes the queues and the exchange on a fresh connection (the old one may
- * be closed by an error); records each queue's leftover message count. */
+ * be closed by an error); records each queue's leftover message count. The
+ * source queue goes first, so that nothing is dead-lettered into a deleted
+ * queue. */
 static void delete_topology(void) {
   char err[320];
   double saved = cfg.connect_retry;
@@ -1103,16 +1158,13 @@ static void delete_topology(void) {
   }
   struct timeval tv = {10, 0};
   amqp_set_rpc_timeout(conn, &tv);
-  for (int i = 0; i < cfg.queues; i++) {
-    amqp_queue_delete_ok_t *d =
-        amqp_queue_delete(conn, 1, amqp_cstring_bytes(g_queues[i].name), 0, 0);
-    if (!rpc_ok(conn, "queue.delete", err, sizeof err)) {
-      fprintf(stderr, "warren-bench: %s\n", err);
-      bench_close(conn, false);
-      return;
-    }
-    g_queues[i].leftover = d ? d->message_count : 0;
-    g_queues[i].deleted = true;
+  bool ok = cfg.dead_letter_ttl < 0 || delete_queue(conn, &g_source, err, sizeof err);
+  for (int i = 0; ok && i < cfg.queues; i++)
+    ok = delete_queue(conn, &g_queues[i], err, sizeof err);
+  if (!ok) {
+    fprintf(stderr, "warren-bench: %s\n", err);
+    bench_close(conn, false);
+    return;
   }
   if (cfg.fanout) {
     amqp_exchange_delete(conn, 1, amqp_cstring_bytes(g_exchange), 0);
@@ -1253,6 +1305,11 @@ static void usage(FILE *out) {
 "                      (default: no-ack consumers)\n"
 "      --fanout        publish to one fanout exchange bound to all the queues\n"
 "      --consume-after consumers attach only after all publishing (and confirms) is done\n"
+"      --dead-letter-ttl MS  producers publish to a source queue PREFIX-src declared\n"
+"                      with x-message-ttl MS, x-dead-letter-exchange \"\" and\n"
+"                      x-dead-letter-routing-key PREFIX-q0; it has no consumer, so\n"
+"                      every message expires into PREFIX-q0, which the consumers\n"
+"                      consume (one queue only, no --fanout; 0: at once)\n"
 "      --no-batch      publish with one amqp_basic_publish call per message (rabbitmq-c\n"
 "                      sends each frame separately: 3 send calls per message); by\n"
 "                      default producers encode the frames themselves and write many\n"
@@ -1322,7 +1379,7 @@ enum {
   OPT_HOST = 256, OPT_PORT, OPT_USER, OPT_PASSWORD, OPT_VHOST, OPT_RETRY, OPT_PERSISTENT,
   OPT_CONFIRM, OPT_PREFETCH, OPT_ACK, OPT_FANOUT, OPT_AFTER, OPT_PHASE, OPT_CONNS, OPT_HOLD,
   OPT_PREFIX, OPT_KEEP, OPT_TIMEOUT, OPT_IDLE, OPT_PID, OPT_SCEN, OPT_BROKER, OPT_QUIET,
-  OPT_NO_BATCH,
+  OPT_NO_BATCH, OPT_DEAD_LETTER_TTL,
 };
 
 static void bad_option(const char *name, const char *val) {
@@ -1363,6 +1420,7 @@ static void parse_options(int argc, char **argv) {
       {"broker", required_argument, 0, OPT_BROKER},
       {"quiet", no_argument, 0, OPT_QUIET},
       {"no-batch", no_argument, 0, OPT_NO_BATCH},
+      {"dead-letter-ttl", required_argument, 0, OPT_DEAD_LETTER_TTL},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -1447,6 +1505,10 @@ static void parse_options(int argc, char **argv) {
     case OPT_BROKER: cfg.broker = optarg; break;
     case OPT_QUIET: cfg.quiet = true; break;
     case OPT_NO_BATCH: cfg.no_batch = true; break;
+    case OPT_DEAD_LETTER_TTL:
+      if (!parse_int(optarg, 0, INT32_MAX, &v)) bad_option(name, optarg);
+      cfg.dead_letter_ttl = v;
+      break;
     case 'h': usage(stdout); exit(0);
     default: usage(stderr); exit(2);
     }
@@ -1482,6 +1544,10 @@ static void parse_options(int argc, char **argv) {
   if (cfg.consumers > 0 && cfg.consumers < cfg.queues) {
     fprintf(stderr, "warren-bench: %d consumers cannot cover %d queues\n", cfg.consumers,
             cfg.queues);
+    exit(2);
+  }
+  if (cfg.dead_letter_ttl >= 0 && (cfg.queues != 1 || cfg.fanout)) {
+    fprintf(stderr, "warren-bench: --dead-letter-ttl needs a single queue and no --fanout\n");
     exit(2);
   }
   if (cfg.ack_every && cfg.prefetch && cfg.ack_every > cfg.prefetch) {
@@ -1550,6 +1616,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < cfg.queues; i++)
     snprintf(g_queues[i].name, sizeof g_queues[i].name, "%s-q%d", cfg.prefix, i);
   snprintf(g_exchange, sizeof g_exchange, "%s-fanout", cfg.prefix);
+  snprintf(g_source.name, sizeof g_source.name, "%s-src", cfg.prefix);
 
   /* Per-producer message targets: the count split evenly, or unbounded. */
   uint64_t per = cfg.producers ? cfg.count / (uint64_t)cfg.producers : 0;
@@ -1852,6 +1919,7 @@ int main(int argc, char **argv) {
     delete_topology();
   for (int q = 0; q < cfg.queues; q++)
     leftover += g_queues[q].leftover;
+  leftover += g_source.leftover;
 
   int64_t pub_ns = t_pub_end > t_pub_start ? t_pub_end - t_pub_start : 0;
   /* Consuming starts with publishing, or, for consumers that attach to a backlog,
@@ -1885,8 +1953,11 @@ int main(int argc, char **argv) {
   char sizebuf[48] = "";
   if (cfg.phase != PHASE_CONSUME)
     snprintf(sizebuf, sizeof sizebuf, ", %zu B bodies", cfg.size);
-  printf("  workload      %d producer(s), %d consumer(s), %d queue(s)%s%s%s%s\n", cfg.producers,
-         cfg.consumers, cfg.queues, cfg.fanout ? " behind a fanout exchange" : "", sizebuf,
+  char dlbuf[64] = "";
+  if (cfg.dead_letter_ttl >= 0)
+    snprintf(dlbuf, sizeof dlbuf, " fed by dead-lettering (TTL %ld ms)", cfg.dead_letter_ttl);
+  printf("  workload      %d producer(s), %d consumer(s), %d queue(s)%s%s%s%s%s\n", cfg.producers,
+         cfg.consumers, cfg.queues, cfg.fanout ? " behind a fanout exchange" : "", dlbuf, sizebuf,
          cfg.persistent ? ", persistent" : "",
          cfg.consume_after ? ", consumers attach after publishing" : "");
   if (cfg.phase != PHASE_CONSUME)
@@ -1926,15 +1997,16 @@ int main(int argc, char **argv) {
          "p99_us=%.1f p999_us=%.1f max_us=%.1f lost=%s dup=%s sent=%" PRIu64 " received=%" PRIu64
          " elapsed_s=%.3f pub_s=%.3f con_s=%.3f first_delivery_s=%.3f nacked=%" PRIu64
          " malformed=%" PRIu64 " leftover=%" PRIu64 " producers=%d consumers=%d queues=%d size=%zu"
-         " persistent=%d confirm=%u prefetch=%u ack=%u fanout=%d rate=%.0f batch=%d broker_cpu_s=%.3f"
-         " cpu_s_per_M=%.3f broker_peak_rss_kb=%ld errors=%d timeout=%d status=%s\n",
+         " persistent=%d confirm=%u prefetch=%u ack=%u fanout=%d dead_letter_ttl=%ld rate=%.0f"
+         " batch=%d broker_cpu_s=%.3f cpu_s_per_M=%.3f broker_peak_rss_kb=%ld errors=%d timeout=%d"
+         " status=%s\n",
          cfg.scenario, cfg.broker,
          cfg.phase == PHASE_ALL ? "all" : cfg.phase == PHASE_PUBLISH ? "publish" : "consume",
          pub_rate, con_rate, p50, p99, p999, pmax, lost_s, dup_s, sent, received, elapsed,
          secs(pub_ns), secs(con_ns), first_delivery_s, nacked, bad, leftover, cfg.producers,
          cfg.consumers, cfg.queues, cfg.size, cfg.persistent, cfg.confirm, cfg.prefetch,
-         cfg.ack_every, cfg.fanout, cfg.rate, !cfg.no_batch, broker_cpu, cpu_per_m, bs.peak_rss_kb, errors,
-         timed_out, ok ? "ok" : "fail");
+         cfg.ack_every, cfg.fanout, cfg.dead_letter_ttl, cfg.rate, !cfg.no_batch, broker_cpu,
+         cpu_per_m, bs.peak_rss_kb, errors, timed_out, ok ? "ok" : "fail");
   fflush(stdout);
   if (!all_joined)
     _exit(exit_code); /* stuck threads hold connections: do not wait for them */

@@ -14,7 +14,7 @@ import sys
 
 BROKERS = ("warren", "rabbitmq")
 DURABLE = {"S3", "S4", "S4b", "S8"}
-ORDER = ["S1", "S2", "S3", "S4", "S4b", "S5", "S6", "S7", "S8", "S9"]
+ORDER = ["S1", "S2", "S3", "S4", "S4b", "S5", "S6", "S7", "S8", "S9", "S10"]
 
 # figure label, RESULT key, unit kind (rate, us, cpu, mib, kib, s)
 COMMON_TAIL = [
@@ -44,6 +44,8 @@ FIGURES = {
            ("broker RSS MiB before (idle)", "rss_before_kb", "mib"),
            ("broker peak RSS MiB", "broker_peak_rss_kb", "mib"),
            ("time to open 1000 connections s", "open_s", "s")],
+    "S10": [("publish msg/s", "pub_rate", "rate"), ("dead letters consumed/s", "con_rate", "rate")]
+    + COMMON_TAIL,
 }
 
 

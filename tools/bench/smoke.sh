@@ -67,6 +67,7 @@ run after        --count 2000 --size 64 --confirm 50 --consume-after
 run paced        --rate 2000 --duration 1 --size 64 --ack 1
 run big-bodies   --count 200 --size 300000 --persistent --confirm 20 --prefetch 50 --ack 10
 run no-batch     --count 3000 --size 256 --confirm 100 --prefetch 100 --ack 10 --no-batch
+run dead-letter  --count 3000 --size 256 --dead-letter-ttl 0
 if "$BENCH" --port "$PORT" --connections 50 --hold 0.5 --timeout 30 --quiet >"$WORK/idle.out" 2>&1 &&
    grep -q ' status=ok' "$WORK/idle.out"; then
   echo "ok   idle-connections"
