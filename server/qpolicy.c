@@ -111,7 +111,7 @@ void qpolicy_arm(struct queue *q, int64_t expires_at)
     q->next_expiry = expires_at;
 }
 
-/* Removes the ring entries at i that have expired, keeping the others in order. */
+/* Removes the expired entries anywhere in the ring, keeping the others in order. */
 static void drop_expired_inside(struct queue *q, int64_t now)
 {
     size_t n = q->count;

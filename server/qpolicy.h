@@ -7,14 +7,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-struct queue;
-struct qentry;
+#include "server/queue.h"
+
 struct message;
 
 /* Wall-clock milliseconds since the epoch (expiry times survive restarts). */
 int64_t qpolicy_now(void);
 /* True if e has expired: its expiry time is in the past. */
-static inline bool qpolicy_expired(const struct qentry *e, int64_t now);
+static inline bool qpolicy_expired(const struct qentry *e, int64_t now) { return e->expires_at && e->expires_at < now; }
 
 /* Before m enters q: false if x-overflow refuses it (reject-publish; reject-publish-dlx
  * also dead-letters it). drop-head admits it and trims afterwards. */
@@ -32,8 +32,5 @@ void qpolicy_arm(struct queue *q, int64_t expires_at);
 void qpolicy_touch(struct queue *q);
 /* Frees the timers (queue teardown). */
 void qpolicy_free(struct queue *q);
-
-#include "server/queue.h"
-static inline bool qpolicy_expired(const struct qentry *e, int64_t now) { return e->expires_at && e->expires_at < now; }
 
 #endif
