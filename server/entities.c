@@ -291,7 +291,8 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
     struct vhost *vh = ch->conn->vh;
     amqp_bytes name = d->queue;
     char generated[64];
-    if (reply_to_is_pseudo_queue(name)) { /* RabbitMQ answers for the pseudo-queue */
+    if (reply_to_is_pseudo_queue(name) || reply_to_is_live_name(ch->conn->b, name)) {
+        /* RabbitMQ answers for the pseudo-queue, and for a reply name while it is in use */
         struct amqp_method ok = { .id = AMQP_QUEUE_DECLARE_OK };
         ok.a.queue_declare_ok.queue = name;
         ok.a.queue_declare_ok.consumer_count = 1;
@@ -337,6 +338,10 @@ static void handle_queue_declare(struct channel *ch, const struct amqp_queue_dec
         snprintf(who, sizeof who, "queue '%.*s' in vhost '%s'", STR(name), vh->name);
         if (qargs_parse(d->arguments, &qa, who, err, sizeof err) != 0) {
             channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "%s", err);
+            return;
+        }
+        if (qa.quorum && !d->durable) {
+            channel_error(ch, AMQP_PRECONDITION_FAILED, mid, "invalid property 'non-durable' for %s", who);
             return;
         }
         q = queue_new(vh, name, d->durable && !d->exclusive, d->exclusive, d->auto_delete,

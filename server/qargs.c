@@ -172,6 +172,7 @@ int qargs_parse(amqp_bytes args, struct qargs *q, const char *who, char *err, si
         q->delivery_limit = n < 0 ? -1 : n;
         q->delivery_count_header = true;
     }
+    q->quorum = choice_quorum;
     q->delivery_count_header |= choice_quorum;
     return 0;
 }

@@ -23,6 +23,7 @@ struct qargs {
     uint8_t max_priority;      /* 0 = not a priority queue */
     int64_t delivery_limit;    /* -1 = none */
     bool delivery_count_header; /* deliveries carry x-delivery-count (quorum type or a delivery limit) */
+    bool quorum;               /* x-queue-type quorum: must be durable */
     bool single_active_consumer;
 };
 

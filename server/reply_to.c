@@ -65,6 +65,11 @@ bool reply_to_rewrite(struct channel *ch, struct amqp_basic_properties *pr)
     return true;
 }
 
+bool reply_to_is_live_name(struct broker *b, amqp_bytes name)
+{
+    return name.len > sizeof REPLY_TO_QUEUE && xmap_find(&b->reply_channels, name) != NULL;
+}
+
 bool reply_to_route(struct broker *b, amqp_bytes rkey, struct message *m, bool *delivered)
 {
     size_t plen = sizeof REPLY_TO_QUEUE; /* with the '.' */

@@ -18,6 +18,8 @@ struct amqp_basic_properties;
 
 static inline bool reply_to_is_pseudo_queue(amqp_bytes name) { return amqp_bytes_eq_cstr(name, REPLY_TO_QUEUE); }
 
+/* True if name is the reply name of a channel that still has its reply consumer. */
+bool reply_to_is_live_name(struct broker *b, amqp_bytes name);
 /* basic.consume on the pseudo-queue: no-ack only, one per channel (406 otherwise). */
 void reply_to_consume(struct channel *ch, const struct amqp_basic_consume *bc);
 /* basic.cancel: true if tag was the channel's reply consumer (now gone). */

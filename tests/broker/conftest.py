@@ -104,9 +104,10 @@ class BrokerProcess:
 
     external = False
 
-    def __init__(self, binary=None, env=None):
+    def __init__(self, binary=None, env=None, args=None):
         self.binary = binary or warren_bin()
         self.env = dict(env or {})  # added to (overriding) os.environ
+        self.args = list(args or [])  # extra command-line options
         self.host = "127.0.0.1"
         self.port = None
         self.proc = None
@@ -129,7 +130,8 @@ class BrokerProcess:
             errf = open(self.stderr_path, "ab")
             self.proc = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", self.host,
-                 "--data", str(self.datadir), "--log-level", "debug"],
+                 "--data", str(self.datadir), "--log-level", "debug"]
+                + self.args,
                 stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
                 env=dict(os.environ, **self.env) if self.env else None)
             errf.close()
@@ -254,10 +256,12 @@ def fresh_broker():
         pytest.skip("needs its own broker process (AMQP_EXTERNAL is set)")
     started = []
 
-    def factory(env=None, start=True):
-        """env: extra environment variables for the broker; start=False
-        returns it unstarted (call .start() after preparing .datadir)."""
-        b = BrokerProcess(env=env)
+    def factory(env=None, start=True, args=None):
+        """env: extra environment variables for the broker; args: extra
+        command-line options (e.g. ["--consumer-timeout", "300"]);
+        start=False returns it unstarted (call .start() after preparing
+        .datadir)."""
+        b = BrokerProcess(env=env, args=args)
         started.append(b)
         return b.start() if start else b
 
