@@ -161,7 +161,8 @@ static void put_counted_death(struct abuf *b, amqp_bytes death)
 
 /* The headers of the dead-lettered copy: x-death with this death first (an existing entry
  * for the same queue and reason counted up and moved to the front), x-first-death-* when
- * this is the first death, everything else as it was; the whole table sorted by key. */
+ * this is the first death, x-last-death-* always, everything else as it was; the whole
+ * table sorted by key. */
 static void build_headers(struct abuf *b, struct message *m, amqp_bytes queue, const char *reason,
                           const struct amqp_basic_properties *pr, bool drop_cc)
 {
@@ -208,6 +209,10 @@ static void build_headers(struct abuf *b, struct message *m, amqp_bytes queue, c
     size_t n = 0, cap = 16;
     struct hfield *f = xcalloc(cap, sizeof *f);
     f[n++] = (struct hfield){ amqp_cstr("x-death"), amqp_bytes_of(xd.data, xd.len) };
+    /* x-last-death-* (CONFORMANCE.md; RabbitMQ 3.13 and later): this death, every time. */
+    f[n++] = (struct hfield){ amqp_cstr("x-last-death-exchange"), amqp_bytes_of(first.data + o1, o2 - o1) };
+    f[n++] = (struct hfield){ amqp_cstr("x-last-death-queue"), amqp_bytes_of(first.data + o2, o3 - o2) };
+    f[n++] = (struct hfield){ amqp_cstr("x-last-death-reason"), amqp_bytes_of(first.data + o3, o4 - o3) };
     if (!had_xdeath) {
         f[n++] = (struct hfield){ amqp_cstr("x-first-death-exchange"), amqp_bytes_of(first.data + o1, o2 - o1) };
         f[n++] = (struct hfield){ amqp_cstr("x-first-death-queue"), amqp_bytes_of(first.data + o2, o3 - o2) };
@@ -219,7 +224,8 @@ static void build_headers(struct abuf *b, struct message *m, amqp_bytes queue, c
         size_t start = it.r.pos;
         if (table_next(&it, &key, &v) != 1)
             break;
-        bool replaced = amqp_bytes_eq_cstr(key, "x-death") ||
+        bool replaced = amqp_bytes_eq_cstr(key, "x-death") || amqp_bytes_eq_cstr(key, "x-last-death-exchange") ||
+                        amqp_bytes_eq_cstr(key, "x-last-death-queue") || amqp_bytes_eq_cstr(key, "x-last-death-reason") ||
                         (!had_xdeath && key.len > 14 && memcmp(key.ptr, "x-first-death-", 14) == 0 &&
                          (amqp_bytes_eq_cstr(key, "x-first-death-exchange") ||
                           amqp_bytes_eq_cstr(key, "x-first-death-queue") ||

@@ -13,6 +13,7 @@ TTLs here are 50-300 ms and every wait is bounded. Tests that restart the
 broker are skipped with AMQP_EXTERNAL.
 """
 
+import os
 import signal
 import struct
 import time
@@ -187,16 +188,30 @@ def death(queue, reason, exchange="", routing_keys=None, count=1,
     return ("F", e)
 
 
+# Warren also writes x-last-death-* (CONFORMANCE.md; RabbitMQ 3.13 and later), which
+# RabbitMQ 3.10 does not; AMQP_EXTERNAL runs are against RabbitMQ 3.10.
+LAST_DEATH_HEADERS = not os.environ.get("AMQP_EXTERNAL")
+
+
 def dead_headers(deaths, first_queue, first_reason, first_exchange="",
-                 others=()):
+                 others=(), last_exchange=None):
     """A whole dead-lettered header table: the user's headers `others`
-    (already in key order) and x-death plus x-first-death-*, sorted."""
+    (already in key order) and x-death plus x-first-death-*, sorted; on
+    Warren also x-last-death-* for the newest death (deaths[0]; its exchange
+    is the one the message entered that queue through, `last_exchange` when it
+    differs from the x-death entry's, which keeps the first one)."""
     h = list(others) + [
         ("x-death", ("A", list(deaths))),
         ("x-first-death-exchange", S(first_exchange)),
         ("x-first-death-queue", S(first_queue)),
         ("x-first-death-reason", S(first_reason)),
     ]
+    if LAST_DEATH_HEADERS and deaths:
+        newest = dict(deaths[0][1])
+        exchange = newest["exchange"] if last_exchange is None else S(last_exchange)
+        h += [("x-last-death-exchange", exchange),
+              ("x-last-death-queue", newest["queue"]),
+              ("x-last-death-reason", newest["reason"])]
     h.sort(key=lambda kv: kv[0].encode())
     return h
 
@@ -999,8 +1014,13 @@ def test_x_death_counts_and_order_over_repeated_deaths(amqp):
         assert (b, m.exchange, m.routing_key, m.redelivered) == \
             (b"c", x, src, False)
         got = w.last(ch)
+        # x-last-death-exchange: how the message entered the queue it last died in
+        # (the x-death entry keeps the exchange of that queue's first death)
+        died_in, times, _ = deaths[0]
+        entered_by = dlx if died_in == "dlq" else ("" if times == 1 else dlx2)
         assert got["headers"] == dead_headers(
-            [death_of(*d) for d in deaths], src, "rejected"), "step %d" % i
+            [death_of(*d) for d in deaths], src, "rejected",
+            last_exchange=entered_by), "step %d" % i
         assert death_times(got)[(src, "rejected")] == t_src
         if i < len(steps) - 1:
             if i == 2:
@@ -1018,8 +1038,12 @@ def test_client_supplied_x_death_is_continued(amqp):
     ch.basic_publish("", q, b"m", props(headers={"x-death": [old]}))
     reject_one(ch, q)
     get_wait(ch, q)
-    assert w.last(ch)["headers"] == [("x-death", ("A", [
+    expected = [("x-death", ("A", [
         death(q, "rejected", count=6, first=False, time_=1)]))]
+    if LAST_DEATH_HEADERS:
+        expected += [("x-last-death-exchange", S("")), ("x-last-death-queue", S(q)),
+                     ("x-last-death-reason", S("rejected"))]
+    assert w.last(ch)["headers"] == expected
 
 
 # ---------------------------------------------------------------- cycles
