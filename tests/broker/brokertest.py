@@ -194,7 +194,7 @@ def publish(ch, exchange, routing_key, body=b"", mandatory=False, **props):
                      mandatory=mandatory)
 
 
-def get_all(ch, queue, ack=True, limit=10000):
+def get_all(ch, queue, ack=True, limit=100000):
     """basic.get until get-empty; returns [(method, props, body)]. With
     ack=True the messages are fetched with no-ack."""
     out = []

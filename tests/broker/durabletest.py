@@ -15,7 +15,7 @@ import time
 
 import pika
 
-from brokertest import ALL_PROPERTIES, CloseRecorder, Collector, pump, uname  # noqa: F401
+from brokertest import ALL_PROPERTIES, CloseRecorder, Collector, get_all, pump, uname  # noqa: F401
 from conftest import SANITIZER_MARKERS, warren_bin
 
 # Shutdown modes the restart tests run with.
@@ -158,17 +158,6 @@ def publish_confirmed(conn, ch, routing_key, bodies, exchange="",
     c = Confirms(conn, ch)
     c.publish_all(exchange, routing_key, bodies, props, window, timeout)
     return c
-
-
-def get_all(ch, queue, no_ack=True, limit=100000):
-    """basic.get until get-empty -> [(method, props, body)]."""
-    out = []
-    for _ in range(limit):
-        m, p, b = ch.basic_get(queue, auto_ack=no_ack)
-        if m is None:
-            return out
-        out.append((m, p, b))
-    raise AssertionError("queue %s did not run empty" % queue)
 
 
 def consume_all(conn, ch, queue, n, timeout=30.0, prefetch=1000):
