@@ -27,9 +27,8 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     memcpy(m->data + exchange.len + rkey.len, props, props_len);
     m->delivery_mode = (pr->flags & AMQP_PROP_DELIVERY_MODE) ? pr->delivery_mode : 0;
     m->ttl = -1;
-    char reason[8];
-    if (pr->flags & AMQP_PROP_EXPIRATION)
-        message_parse_expiration(pr->expiration, &m->ttl, reason, sizeof reason);
+    if (pr->flags & AMQP_PROP_EXPIRATION) /* checked at publish; stored ones were */
+        message_parse_expiration(pr->expiration, &m->ttl, NULL, 0);
     m->priority = (pr->flags & AMQP_PROP_PRIORITY) ? pr->priority : 0;
     m->has_headers = (pr->flags & AMQP_PROP_HEADERS) != 0;
     m->headers_off = m->has_headers ? (uint32_t)(pr->headers.ptr - props) : 0;

@@ -43,7 +43,7 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
 /* The longest TTL RabbitMQ accepts (ten years), for expiration as for x-message-ttl. */
 #define MESSAGE_MAX_TTL_MS 315360000000LL
 /* Reads the expiration property: an integer of ms, optionally signed, nothing else.
- * Returns 0 and sets *ms, or -1 with RabbitMQ's reason ("no_integer",
+ * Returns 0 and sets *ms, or -1 with RabbitMQ's reason (if reason is not NULL) ("no_integer",
  * "{leftover_string,\".5\"}", "{value_negative,-1}", "{value_too_large,N}"). */
 int message_parse_expiration(amqp_bytes s, int64_t *ms, char *reason, size_t size);
 static inline struct message *message_ref(struct message *m) { m->refs++; return m; }

@@ -121,7 +121,7 @@ static void drop_expired_inside(struct queue *q, int64_t now)
         if (qpolicy_expired(&e, now))
             queue_drop(q, &e, DL_EXPIRED);
         else
-            queue_append_loaded(q, e);
+            queue_put(q, e);
     }
 }
 

@@ -111,7 +111,7 @@ static bool load_one(void *arg, const struct store_entry *se)
     };
     if (m->ttl >= 0)
         q->has_msg_ttl = true;
-    queue_append_loaded(q, e);
+    queue_put(q, e);
     if (e.expires_at)
         qpolicy_arm(q, e.expires_at);
     q->disk_count--;

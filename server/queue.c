@@ -156,7 +156,7 @@ bool queue_publish(struct queue *q, struct message *m)
     return true;
 }
 
-void queue_append_loaded(struct queue *q, struct qentry e) { push_tail(q, e); }
+void queue_put(struct queue *q, struct qentry e) { push_tail(q, e); }
 
 int queue_pop_ring(struct queue *q, struct qentry *out)
 {

@@ -105,8 +105,9 @@ void queue_settle(struct queue *q, struct qentry *e);
 /* Puts a delivered entry back at its original position, marked redelivered; takes over
  * e's reference. A deleted queue just drops it. Wakes dispatch. */
 void queue_requeue(struct queue *q, struct qentry e);
-/* Appends an entry paged in from the store (qstore.c). */
-void queue_append_loaded(struct queue *q, struct qentry e);
+/* Puts an entry into the ring in queue order (one paged in from the store, or one kept
+ * by an expiry scan); no policy is applied. */
+void queue_put(struct queue *q, struct qentry e);
 /* Removes the head without expiry checks. Returns 1 and fills *out, 0 if the ring is empty. */
 int queue_pop_ring(struct queue *q, struct qentry *out);
 /* Drops e for good (the caller's reference goes): dead-letters it for reason (an enum

@@ -98,12 +98,17 @@ def expect_alarm_cycle(b, pub, ch, c, stuck, other, ochannel, clear):
     assert other.events == []
 
 
-@pytest.mark.parametrize("fault", ["full", "ioerr"])
-def test_fault_file_blocks_publishers_and_recovers(fresh_broker, fault):
+def start_with_fault_file(fresh_broker):
     b = fresh_broker(start=False)
     fault_file = b.workdir / "fault"
     b.env["WARREN_FAULT_FILE"] = str(fault_file)
     b.start()
+    return b, fault_file
+
+
+@pytest.mark.parametrize("fault", ["full", "ioerr"])
+def test_fault_file_blocks_publishers_and_recovers(fresh_broker, fault):
+    b, fault_file = start_with_fault_file(fresh_broker)
     pub = Watched(b)
     ch = pub.conn.channel()
     ch.queue_declare("q", durable=True)
@@ -133,10 +138,7 @@ def test_fault_file_blocks_publishers_and_recovers(fresh_broker, fault):
 def test_kill_while_writes_fail_keeps_what_was_confirmed(fresh_broker):
     """SIGKILL during the alarm, restart with writing working: the confirmed
     messages are there once; the stuck ones, if at all, once and in order."""
-    b = fresh_broker(start=False)
-    fault_file = b.workdir / "fault"
-    b.env["WARREN_FAULT_FILE"] = str(fault_file)
-    b.start()
+    b, fault_file = start_with_fault_file(fresh_broker)
     pub = Watched(b)
     ch = pub.conn.channel()
     ch.queue_declare("q", durable=True)
@@ -263,14 +265,6 @@ def test_real_disk_full_on_tmpfs(tmpfs_broker):
     restart(b, KILL, [pub.conn, other.conn])
     check_queue(b, "q", bodies)
     close_quietly(pub.conn, other.conn)
-
-
-def start_with_fault_file(fresh_broker):
-    b = fresh_broker(start=False)
-    fault_file = b.workdir / "fault"
-    b.env["WARREN_FAULT_FILE"] = str(fault_file)
-    b.start()
-    return b, fault_file
 
 
 @pytest.mark.parametrize("ending", ["recovers", "killed"])
