@@ -72,10 +72,15 @@ $(BUILD)/warren-bench: tools/warren-bench.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lrabbitmq -lpthread
 
+$(BUILD)/relay-floor: tools/relay-floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lpthread
+
 bench: all
 	@tools/install-deps.sh bench
-	@$(MAKE) --no-print-directory $(BUILD)/warren-bench
-	SCEN="$(SCEN)" RUNS="$(RUNS)" WARREN_BIN=$(BUILD)/warren BENCH_BIN=$(BUILD)/warren-bench tools/bench.sh
+	@$(MAKE) --no-print-directory $(BUILD)/warren-bench $(BUILD)/relay-floor
+	SCEN="$(SCEN)" RUNS="$(RUNS)" WARREN_BIN=$(BUILD)/warren BENCH_BIN=$(BUILD)/warren-bench \
+	  FLOOR_BIN=$(BUILD)/relay-floor tools/bench.sh
 
 unit: deps-test
 	@$(MAKE) --no-print-directory $(UNIT_BIN)
@@ -87,7 +92,7 @@ asan: deps
 INTEROP_BIN := $(patsubst interop/%.c,$(BUILD)/interop/%,$(wildcard interop/*.c))
 
 test: deps-test
-	@$(MAKE) --no-print-directory $(BUILD)/warren $(BUILD)/warren-bench $(UNIT_BIN) $(INTEROP_BIN) asan
+	@$(MAKE) --no-print-directory $(BUILD)/warren $(BUILD)/warren-bench $(BUILD)/relay-floor $(UNIT_BIN) $(INTEROP_BIN) asan
 	tests/run-all.sh
 
 clean:

@@ -11,6 +11,8 @@
 #   BENCH_TIMEOUT safety cap per warren-bench run in seconds (default 300)
 #   WARREN_BIN    broker binary (default build/warren)
 #   BENCH_BIN     load generator (default build/warren-bench)
+#   FLOOR_BIN     S6's latency floor without a broker (default build/relay-floor); run once
+#                 per S6 run when it exists
 #   WARREN_STORAGE 1 if Warren stores durable messages; default: guessed from storage/*.c
 #
 # Every broker is started fresh for every run of every scenario, on 127.0.0.1 and free
@@ -31,6 +33,7 @@ SCALE=${BENCH_SCALE:-1}
 TMO=${BENCH_TIMEOUT:-300}
 WARREN=${WARREN_BIN:-build/warren}
 BENCH=${BENCH_BIN:-build/warren-bench}
+FLOOR=${FLOOR_BIN:-build/relay-floor}
 PY=/usr/bin/python3
 
 for s in $SCEN; do
@@ -69,6 +72,10 @@ log() { echo "$*" | tee -a "$LOG" >&2; }
 
 free_port() {
   $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+s6_duration() { # 10 s × BENCH_SCALE, within 2..10
+  awk -v s="$SCALE" 'BEGIN { d = 10 * s; if (d < 2) d = 2; if (d > 10) d = 10; print d }'
 }
 
 scaled() { # scaled COUNT -> COUNT * BENCH_SCALE, at least 1000
@@ -295,8 +302,7 @@ run_scenario() { # run_scenario SCEN BROKER RUN
     S4b) bench_run "$b" S4b "$r" "${common[@]}" --count "$(scaled 20000)" --size 1024 --persistent \
           --confirm 1 --prefetch 1000 --ack 100 --consume-after ;;
     S5) bench_run "$b" S5 "$r" "${common[@]}" --count "$(scaled 100000)" --size 256 --fanout --queues 10 ;;
-    S6) bench_run "$b" S6 "$r" "${common[@]}" --rate 1000 \
-          --duration "$(awk -v s="$SCALE" 'BEGIN { d = 10 * s; if (d < 2) d = 2; if (d > 10) d = 10; print d }')" \
+    S6) bench_run "$b" S6 "$r" "${common[@]}" --rate 1000 --duration "$(s6_duration)" \
           --size 256 --ack 1 ;;
     S7) bench_run "$b" S7 "$r" "${common[@]}" --count "$(scaled 800000)" --size 256 --producers 4 \
           --consumers 4 --queues 4 ;;
@@ -305,6 +311,18 @@ run_scenario() { # run_scenario SCEN BROKER RUN
     S10) bench_run "$b" S10 "$r" "${common[@]}" --count "$(scaled 100000)" --size 256 --dead-letter-ttl 0 ;;
   esac
   summary "$LAST"
+}
+
+run_floor() { # run_floor RUN: the same paced path through a bare relay process, no broker
+  local r=$1 out
+  [ -x "$FLOOR" ] || return 0
+  out=$("$FLOOR" --rate 1000 --duration "$(s6_duration)" --size 256 --scenario S6 2>>"$LOG")
+  echo "$out" >>"$LOG"
+  LAST=$(grep '^RESULT ' <<<"$out" | tail -1)
+  [ -n "$LAST" ] || LAST="RESULT scenario=S6 broker=floor status=fail errors=1 note=no_result"
+  echo "$LAST run=$r" >>"$RESULTS"
+  printf '  S6   %-8s run %s: latency p50 %s us  p99 %s us  %s\n' floor "$r" "$(field p50_us "$LAST")" \
+    "$(field p99_us "$LAST")" "$(field status "$LAST")" >&2
 }
 
 {
@@ -330,6 +348,7 @@ for s in $SCEN; do
       run_scenario "$s" "$b" "$r"
       broker_stop
     done
+    [ "$s" = S6 ] && run_floor "$r"
   done
 done
 log "bench: all runs took $((SECONDS - start_all)) s"

@@ -7,6 +7,8 @@ Each line is "RESULT key=value ..." with at least scenario=, broker= and run=.
 For every scenario and figure the table gives the median (min-max) over the runs
 for Warren and RabbitMQ and the ratio of the medians (Warren / RabbitMQ). With
 --no-storage the scenarios that need durable storage are marked "(no storage yet)".
+Lines with broker=floor (tools/relay-floor, S6's path with no broker) are summed up
+in a note under the table.
 """
 
 import statistics
@@ -135,6 +137,21 @@ def check_cell(rows):
     return "FAILED %d/%d runs (%s)" % (len(bad), len(rows), ", ".join(why) or "see log")
 
 
+def floor_note(rows):
+    """The S6 latency floor measured by relay-floor in the same run, if any."""
+    if not rows:
+        return None
+    parts = []
+    for name, key in (("p50", "p50_us"), ("p99", "p99_us"), ("p99.9", "p999_us"), ("max", "max_us")):
+        parts.append("%s %s" % (name, cell(values_of(rows, key, "us"), "us")))
+    bad = sum(1 for r in rows if r.get("status") != "ok")
+    status = ("every message arrived once, in order, in every run" if not bad
+              else "FAILED %d/%d runs (see log)" % (bad, len(rows)))
+    return ("S6 floor, no broker (tools/relay-floor: the same paced producer, a relay process "
+            "that only forwards, a consumer acking each message), µs: %s; %s."
+            % (", ".join(parts), status))
+
+
 def main():
     args = sys.argv[1:]
     no_storage = "--no-storage" in args
@@ -169,6 +186,10 @@ def main():
         runs[b] = max(runs.get(b, 0), len(rs))
     print("\n".join(out))
     print()
+    note = floor_note(by.get(("S6", "floor"), []))
+    if note and "S6" in scens:
+        print(note)
+        print()
     print("median (min–max) over %s runs per broker; ratio of medians: above 1 is better for "
           "rates, below 1 is better for CPU, RSS, latency and times."
           % ("/".join(str(runs.get(b, 0)) for b in BROKERS)))

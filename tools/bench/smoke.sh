@@ -75,6 +75,17 @@ else
   echo "FAIL idle-connections"; sed 's/^/     /' "$WORK/idle.out"; failed=$((failed + 1))
 fi
 
+# S6's floor tool (no broker): every message through the relay, once, in order.
+FLOOR=${FLOOR_BIN:-$(dirname "$BENCH")/relay-floor}
+if [ -x "$FLOOR" ]; then
+  if timeout 30 "$FLOOR" --rate 2000 --duration 1 --size 64 >"$WORK/floor.out" 2>&1 &&
+     grep -q ' received=2000 out_of_order=0 .* status=ok' "$WORK/floor.out"; then
+    echo "ok   relay-floor"
+  else
+    echo "FAIL relay-floor"; sed 's/^/     /' "$WORK/floor.out"; failed=$((failed + 1))
+  fi
+fi
+
 if ! kill -0 "$WPID" 2>/dev/null; then
   echo "FAIL Warren exited during the smoke test"; cat "$WORK/warren.log"; failed=$((failed + 1))
 fi
