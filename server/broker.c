@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "common/xalloc.h"
+#include "server/alarm.h"
 #include "server/connection.h"
 #include "server/log.h"
 #include "server/persist.h"
@@ -36,7 +37,8 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
 }
 
 /* Runs once per loop turn after the I/O callbacks: dispatches the queues that gained
- * messages or consumer credit, then writes every connection's output in one go. */
+ * messages or consumer credit, hands the turn's writes to the store, looks at message
+ * memory, then writes every connection's output in one go. */
 static void on_dispatch(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -52,6 +54,7 @@ static void on_dispatch(evutil_socket_t fd, short what, void *arg)
         queue_unref(&q);
     }
     persist_end_of_turn(b);
+    alarm_check_memory(b);
     conn_flush_all(b);
 }
 
@@ -142,6 +145,7 @@ int broker_init(struct broker *b, const struct config *cfg)
     xmap_init(&b->reply_channels);
     abuf_init(&b->scratch);
     b->vhost = vhost_new(b, "/");
+    alarm_init(b);
     if (persist_open(b) != 0)
         return -1;
     b->readbuf = xmalloc((size_t)cfg->frame_max + 8 + READ_CHUNK);
@@ -229,6 +233,7 @@ void broker_free(struct broker *b)
         event_free(b->stop_ev);
     if (b->timeout_ev)
         event_free(b->timeout_ev);
+    alarm_free(b);
     if (b->base)
         event_base_free(b->base);
     memset(b, 0, sizeof *b);

@@ -36,7 +36,10 @@ struct broker {
     bool store_sync_needed;       /* a durable entity changed: commit before replying */
     struct connection *sync_conn; /* the connection whose reply waits for that commit */
     unsigned nheld;               /* connections whose output is held for a commit */
-    bool disk_alarm;              /* writes fail: publishers are blocked */
+    bool disk_alarm;              /* writes fail: publishers are blocked (server/alarm.h) */
+    bool memory_alarm;            /* messages hold more than memory_limit bytes: the same */
+    uint64_t memory_limit;
+    struct event *memory_ev;      /* rechecks memory while the memory alarm is on */
     uint64_t next_message_id;
     uint64_t next_queue_id;
     uint64_t route_gen;           /* routing dedup marks */

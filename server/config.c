@@ -15,19 +15,57 @@ void config_defaults(struct config *cfg)
     cfg->channel_max = 2047;
     cfg->frame_max = 131072;
     cfg->heartbeat = 60;
+    cfg->memory_limit_percent = 40;
+}
+
+int config_parse_memory_limit(struct config *cfg, const char *s)
+{
+    static const struct { const char *name; uint64_t factor; } units[] = {
+        { "", 1 }, { "B", 1 },
+        { "K", 1ull << 10 }, { "KiB", 1ull << 10 }, { "KB", 1000ull },
+        { "M", 1ull << 20 }, { "MiB", 1ull << 20 }, { "MB", 1000000ull },
+        { "G", 1ull << 30 }, { "GiB", 1ull << 30 }, { "GB", 1000000000ull },
+        { "T", 1ull << 40 }, { "TiB", 1ull << 40 }, { "TB", 1000000000000ull },
+    };
+    char *end;
+    errno = 0;
+    if (*s < '0' || *s > '9')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    if (strcmp(end, "%") == 0) {
+        if (v < 1 || v > 100)
+            return -1;
+        cfg->memory_limit_percent = (uint8_t)v;
+        cfg->memory_limit_bytes = 0;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].name) != 0)
+            continue;
+        if (v > UINT64_MAX / units[i].factor || v * units[i].factor < (1u << 20))
+            return -1;
+        cfg->memory_limit_bytes = v * units[i].factor;
+        return 0;
+    }
+    return -1;
 }
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: warren [--port N] [--bind ADDR] [--data DIR] [--log-level L] [--consumer-timeout MS]\n"
-            "              [--help] [--version]\n"
+            "              [--memory-limit SIZE] [--help] [--version]\n"
             "  --port N        TCP port for AMQP clients (default 5672)\n"
             "  --bind ADDR     address to listen on (default 127.0.0.1)\n"
             "  --data DIR      data directory (default ./data)\n"
             "  --log-level L   error, warn, info or debug (default info)\n"
             "  --consumer-timeout MS  close (406) a channel holding a delivery unacked longer\n"
             "                  than MS milliseconds, so it returns to its queue (default 0: off)\n"
+            "  --memory-limit SIZE  above this much message memory, publishers are blocked\n"
+            "                  (connection.blocked \"low on memory\") until queues drain: N%% of\n"
+            "                  RAM, or bytes with K, M, G (KiB...) or KB, MB, GB (default 40%%)\n"
             "  --help          print this and exit\n"
             "  --version       print the version and exit\n");
 }
@@ -65,7 +103,8 @@ int config_parse_args(struct config *cfg, int argc, char **argv)
         }
         size_t namelen = strchr(a, '=') ? (size_t)(strchr(a, '=') - a) : strlen(a);
 #define OPT(name) (namelen == strlen(name) && strncmp(a, name, namelen) == 0)
-        if (!(OPT("--port") || OPT("--bind") || OPT("--data") || OPT("--log-level") || OPT("--consumer-timeout"))) {
+        if (!(OPT("--port") || OPT("--bind") || OPT("--data") || OPT("--log-level") || OPT("--consumer-timeout") ||
+              OPT("--memory-limit"))) {
             fprintf(stderr, "warren: unknown option '%s'\n", a);
             usage(stderr);
             return -1;
@@ -86,6 +125,13 @@ int config_parse_args(struct config *cfg, int argc, char **argv)
             if (parse_long("--consumer-timeout", val, 0, 2147483647L, &v))
                 return -1;
             cfg->consumer_timeout_ms = (uint32_t)v;
+        } else if (OPT("--memory-limit")) {
+            if (config_parse_memory_limit(cfg, val)) {
+                fprintf(stderr, "warren: --memory-limit needs a share of RAM from 1%% to 100%% or a size "
+                                "of at least 1 MiB (bytes, or with K, M, G, KiB, MiB, GiB, KB, MB, GB), "
+                                "got '%s'\n", val);
+                return -1;
+            }
         } else if (OPT("--bind")) {
             if (strlen(val) >= sizeof cfg->bind) {
                 fprintf(stderr, "warren: --bind address too long\n");

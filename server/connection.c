@@ -16,6 +16,7 @@
 #include "amqp/table.h"
 #include "amqp/wire.h"
 #include "amqp_methods.h"
+#include "server/alarm.h"
 #include "server/auth.h"
 #include "server/broker.h"
 #include "server/channel.h"
@@ -799,8 +800,9 @@ static void pause_reading(struct connection *c)
         return;
     c->read_paused = true;
     event_del(c->read_ev);
-    if (c->b->disk_alarm)
-        send_blocked(c, "low on disk");
+    const char *reason = alarm_reason(c->b);
+    if (reason)
+        send_blocked(c, reason);
 }
 
 void conn_block_publishers(struct broker *b, const char *reason)
@@ -816,12 +818,12 @@ void conn_block_publishers(struct broker *b, const char *reason)
 void conn_resume_publishers(struct broker *b)
 {
     for (struct connection *c = b->conns; c; c = c->next) {
-        if (!c->read_paused || persist_hold_publisher(c))
+        if (!c->read_paused || alarm_holds_publisher(c))
             continue;
         c->read_paused = false;
         if (c->state != CONN_CLOSED)
             event_add(c->read_ev, NULL);
-        if (c->blocked_sent && !b->disk_alarm) {
+        if (c->blocked_sent && !alarm_reason(b)) {
             struct amqp_method m = { .id = AMQP_CONNECTION_UNBLOCKED };
             conn_send_method(c, 0, &m);
             c->blocked_sent = false;
@@ -834,7 +836,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct connection *c = arg;
     struct broker *b = c->b;
-    if (persist_hold_publisher(c)) {
+    if (alarm_holds_publisher(c)) {
         pause_reading(c);
         return;
     }
@@ -875,6 +877,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     if (left)
         memcpy(c->pending, buf + used, left);
     c->pending_len = (uint32_t)left;
+    if (c->publisher) /* publishes are where memory grows: look before the next read */
+        alarm_check_memory(b);
 }
 
 /* Heartbeats, handshake and close timeouts, deferred free. */

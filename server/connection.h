@@ -92,11 +92,11 @@ bool conn_writable(const struct connection *c);
 void conn_add_exclusive(struct connection *c, struct queue *q);
 void conn_remove_exclusive(struct connection *c, struct queue *q);
 void conn_free(struct connection **cp);
-/* Disk alarm: stops reading from publishing connections and sends connection.blocked
- * with this reason to those that understand it. */
+/* An alarm is on (server/alarm.h): stops reading from publishing connections and sends
+ * connection.blocked with this reason to those that understand it. */
 void conn_block_publishers(struct broker *b, const char *reason);
-/* Reads again from held publishers that persist_hold_publisher no longer holds, and sends
- * connection.unblocked where connection.blocked was sent. */
+/* Reads again from held publishers that alarm_holds_publisher no longer holds, and sends
+ * connection.unblocked where connection.blocked was sent and no alarm is on. */
 void conn_resume_publishers(struct broker *b);
 /* Keeps c's output (a reply to a durable change, and all after it) unsent until store
  * batch `batch` commits. */

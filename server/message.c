@@ -7,6 +7,15 @@
 #include "amqp_methods.h"
 #include "common/xalloc.h"
 
+static uint64_t live_bytes;
+
+static size_t footprint(const struct message *m)
+{
+    return sizeof *m + m->exchange_len + m->rkey_len + m->props_len + m->body_len;
+}
+
+uint64_t message_memory(void) { return live_bytes; }
+
 struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
                             const uint8_t *props, size_t props_len,
                             const struct amqp_basic_properties *pr, uint64_t body_len)
@@ -36,6 +45,7 @@ struct message *message_new(uint64_t id, amqp_bytes exchange, amqp_bytes rkey,
     m->body_len = body_len;
     m->body_received = 0;
     m->body = inline_body ? m->data + meta : xmalloc(body_len);
+    live_bytes += footprint(m);
     return m;
 }
 
@@ -87,6 +97,7 @@ void message_unref(struct message **mp)
     *mp = NULL;
     if (!m || --m->refs > 0)
         return;
+    live_bytes -= footprint(m);
     if (m->body_len > MESSAGE_INLINE_BODY)
         free(m->body);
     free(m);

@@ -49,6 +49,9 @@ int message_parse_expiration(amqp_bytes s, int64_t *ms, char *reason, size_t siz
 static inline struct message *message_ref(struct message *m) { m->refs++; return m; }
 /* Drops one reference; frees the message at zero. Sets *mp to NULL. */
 void message_unref(struct message **mp);
+/* Bytes held by all live messages (header, names, properties, body), for the memory
+ * alarm. Messages live on the event loop's thread only. */
+uint64_t message_memory(void);
 
 static inline amqp_bytes message_exchange(const struct message *m)
 { return amqp_bytes_of(m->data, m->exchange_len); }

@@ -12,6 +12,7 @@
 #include "server/log.h"
 #include "server/message.h"
 #include "server/qpolicy.h"
+#include "server/alarm.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 #include "storage/store.h"
@@ -44,14 +45,8 @@ static void on_committed(void *arg, uint64_t batch)
 
 static void on_failing(void *arg, bool failing, const char *why)
 {
-    struct broker *b = arg;
     (void)why;
-    b->disk_alarm = failing;
-    if (failing)
-        conn_block_publishers(b, "low on disk");
-    else
-        conn_resume_publishers(b);
-    broker_wake(b);
+    alarm_set_disk(arg, failing);
 }
 
 static void on_release(void *arg, void *cookie)
@@ -296,10 +291,9 @@ void persist_wait_commit(struct queue *q)
     b->page_waiters[b->npage_waiters++] = q;
 }
 
-bool persist_hold_publisher(const struct connection *c)
+bool persist_backlog_full(const struct broker *b)
 {
-    const struct broker *b = c->b;
-    return c->publisher && b->store && (b->disk_alarm || store_backlog(b->store) >= BACKLOG_HOLD_BYTES);
+    return b->store && store_backlog(b->store) >= BACKLOG_HOLD_BYTES;
 }
 
 bool persist_hold_deliveries(struct queue *q)

@@ -40,9 +40,9 @@ void persist_reply_waits(struct connection *c);
 /* Wakes q when the next batch commits (its paged-out entries wait for it). */
 void persist_wait_commit(struct queue *q);
 
-/* True if c, a publishing connection, must not be read now: the disk alarm is on, or
- * more message data waits for the writer than one batch should hold. */
-bool persist_hold_publisher(const struct connection *c);
+/* True if more message data waits for the writer than one batch should hold: publishers
+ * are not read until a commit lands (server/alarm.h). */
+bool persist_backlog_full(const struct broker *b);
 
 /* True (and q is woken after the next commit) if stored queue q must not deliver now:
  * every delivery's ack adds a write, and the writer is too far behind. */

@@ -1,5 +1,6 @@
-"""Helpers for the durability, crash and disk-full tests (test_durability.py,
-test_crash.py, test_diskfull.py, test_shutdown.py): restarting a broker on
+"""Helpers for the durability, crash, disk-full and memory-alarm tests
+(test_durability.py, test_crash.py, test_diskfull.py, test_shutdown.py,
+test_memory_alarm.py): restarting a broker on
 the same data directory, pipelined publishing with publisher confirms,
 commit barriers, draining queues, and starting a broker that must refuse to
 run.
@@ -32,6 +33,24 @@ def connect(b, **kw):
     conn = pika.BlockingConnection(b.params(**kw))
     CloseRecorder(conn)
     return conn
+
+
+class Watched:
+    """A connection with its connection.blocked/unblocked events recorded."""
+
+    def __init__(self, b):
+        self.conn = connect(b)
+        self.events = []  # ("blocked", reason) / ("unblocked", None)
+        self.conn.add_on_connection_blocked_callback(
+            lambda c, f: self.events.append(("blocked", f.method.reason)))
+        self.conn.add_on_connection_unblocked_callback(
+            lambda c, f: self.events.append(("unblocked", None)))
+
+    def blocked(self):
+        return [r for e, r in self.events if e == "blocked"]
+
+    def unblocked(self):
+        return [e for e, _ in self.events if e == "unblocked"]
 
 
 def close_quietly(*conns):

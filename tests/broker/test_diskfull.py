@@ -20,28 +20,10 @@ import pytest
 from pika.exceptions import ChannelClosedByBroker
 
 from brokertest import pump
-from durabletest import KILL, Confirms, close_quietly, connect, kill, restart
+from durabletest import KILL, Confirms, Watched, close_quietly, connect, kill, restart
 
 LOW_ON_DISK = "low on disk"
 WAIT = 10.0  # bound for anything that should happen "soon" (ASan is slow)
-
-
-class Watched:
-    """A connection with its connection.blocked/unblocked events recorded."""
-
-    def __init__(self, b):
-        self.conn = connect(b)
-        self.events = []  # ("blocked", reason) / ("unblocked", None)
-        self.conn.add_on_connection_blocked_callback(
-            lambda c, f: self.events.append(("blocked", f.method.reason)))
-        self.conn.add_on_connection_unblocked_callback(
-            lambda c, f: self.events.append(("unblocked", None)))
-
-    def blocked(self):
-        return [r for e, r in self.events if e == "blocked"]
-
-    def unblocked(self):
-        return [e for e, _ in self.events if e == "unblocked"]
 
 
 def passive_declare_async(ch, queue):
