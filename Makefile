@@ -56,7 +56,7 @@ $(BUILD)/libwarren.a: $(LIB_OBJ) $(SRV_OBJ)
 $(BUILD)/warren: $(BUILD)/obj/server/main.o $(BUILD)/libwarren.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libwarren.a
+$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libwarren.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libwarren.a $(LDFLAGS) $(LDLIBS) -lcmocka
 

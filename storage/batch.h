@@ -30,7 +30,7 @@ enum op_kind {
 
 struct op {
     uint8_t kind;
-    bool cancelled;
+    bool cancelled;    /* not written: an ENTRY cancelled, or a MESSAGE whose entries all were */
     bool flag_a;       /* MESSAGE: transient; ENTRY/REMOVE: shared; EXCHANGE/QUEUE: auto_delete; BINDING: dest is exchange */
     bool flag_b;       /* EXCHANGE: internal */
     bool owned;        /* f[] were copied and are freed with the batch */

@@ -389,7 +389,10 @@ uint32_t store_put_entry(struct store *s, uint64_t qid, uint64_t seq, uint32_t m
                          int64_t expires)
 {
     struct op *m = &s->open->ops[msg_handle];
-    m->live++;
+    if (m->live++ == 0 && m->cancelled) { /* every earlier entry was cancelled: back in */
+        m->cancelled = false;
+        s->open->bytes += m->f[2].len + m->f[3].len;
+    }
     uint64_t msg_id = m->id;
     struct op *o = batch_add(s->open, OP_ENTRY);
     o->qid = qid;
@@ -410,8 +413,10 @@ bool store_cancel_entry(struct store *s, uint64_t batch, uint32_t handle)
         return false;
     o->cancelled = true;
     struct op *m = &s->open->ops[o->msg_op];
-    if (--m->live == 0)
+    if (--m->live == 0) { /* nothing holds the message: it is not written either */
+        m->cancelled = true;
         s->open->bytes -= m->f[2].len + m->f[3].len;
+    }
     return true;
 }
 
