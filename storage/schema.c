@@ -77,7 +77,7 @@ static int check_or_create(sqlite3 *db, const char *path)
         log_error("store: cannot read database %s: %s", path, sqlite3_errstr(rc));
         return -1;
     }
-    if (app == 0 && tables == 0) {
+    if (app == 0 && tables == 0 && version == 0) { /* a new, empty file: ours to set up */
         rc = create_schema(db);
         if (rc != SQLITE_OK) {
             log_error("store: cannot create the schema in %s: %s", path, sqlite3_errmsg(db));

@@ -64,15 +64,16 @@ static int take_lock(const char *dir)
         return -1;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
         char pid[32] = "";
         ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
         pid[n > 0 ? n : 0] = 0;
         pid[strcspn(pid, "\n")] = 0;
-        if (errno == EWOULDBLOCK)
+        if (err == EWOULDBLOCK)
             log_error("store: data directory %s is in use by another warren (pid %s); "
                       "stop it or use another --data", dir, pid[0] ? pid : "unknown");
         else
-            log_error("store: cannot lock %s: %s", path, strerror(errno));
+            log_error("store: cannot lock %s: %s", path, strerror(err));
         close(fd);
         return -1;
     }

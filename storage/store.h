@@ -55,7 +55,7 @@ struct store_queue {
     uint64_t bytes;          /* their body bytes */
     int64_t first_expiry;    /* the earliest expiry among them (ms since the epoch), 0 = none */
     uint64_t first_seq;      /* lowest entry seq (when count > 0) */
-    uint64_t next_seq;       /* above every seq ever used by this queue */
+    uint64_t next_seq;       /* above every stored entry and the delivered mark */
     uint64_t delivered_seq;  /* entries up to this seq may have been delivered */
 };
 struct store_binding {

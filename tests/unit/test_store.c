@@ -1351,6 +1351,14 @@ static void test_refuses_another_applications_database(void **state)
     assert_mentions(log, "not a Warren database");
     free(log);
     assert_db_rows(f, "SELECT count(*) FROM sqlite_master", "0\n");
+
+    /* no tables, no id, but another application's version number */
+    remove(f->db_path);
+    exec_on_file(f->db_path, "PRAGMA user_version = 7;");
+    log = open_refused(f);
+    assert_mentions(log, "not a Warren database");
+    free(log);
+    assert_db_rows(f, "PRAGMA user_version", "7\n");
 }
 
 /* Creates a Warren database with one queue, then sets its user_version. */
