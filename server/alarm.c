@@ -16,37 +16,66 @@
  * clears even if the turn that freed the last messages had nothing else to do. */
 #define MEMORY_RECHECK_MS 200
 
-/* The lowest memory.max on the way from this process's cgroup (v2) up to the root;
- * UINT64_MAX if none is set or there is no cgroup v2. */
+/* Values at or above this mean "no limit" (cgroup v1 writes a huge page-rounded number). */
+#define CGROUP_UNLIMITED (1ull << 62)
+
+/* The lowest limit in files named `file` under `root`, from `group` up to root itself. */
+static uint64_t lowest_limit(const char *root, char *group, const char *file)
+{
+    char path[4096 + 128];
+    uint64_t lowest = UINT64_MAX;
+    for (;;) {
+        snprintf(path, sizeof path, "%s%s/%s", root, group, file);
+        unsigned long long v;
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fscanf(f, "%llu", &v) == 1 && v < lowest && v < CGROUP_UNLIMITED)
+                lowest = v;
+            fclose(f);
+        }
+        char *slash = strrchr(group, '/');
+        if (!slash || !*group)
+            break;
+        *slash = 0; /* up one level; "" is the mount root, looked at last */
+    }
+    return lowest;
+}
+
+/* True if the comma-separated list names this controller. */
+static bool has_controller(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && (p[n] == ',' || p[n] == 0))
+            return true;
+    return false;
+}
+
+/* The memory limit of this process's cgroup: cgroup v2's memory.max, or v1's
+ * memory.limit_in_bytes, the lowest on the way up; UINT64_MAX if none is set. */
 static uint64_t cgroup_memory_max(void)
 {
-    char line[4096], path[4096 + 64];
+    char line[4096];
     uint64_t lowest = UINT64_MAX;
     FILE *f = fopen("/proc/self/cgroup", "r");
     if (!f)
         return lowest;
-    char *group = NULL;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "0::", 3) == 0) {
-            group = line + 3;
-            group[strcspn(group, "\n")] = 0;
-            break;
-        }
-    fclose(f);
-    while (group && *group) {
-        snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", group);
-        unsigned long long v;
-        FILE *m = fopen(path, "r");
-        if (m) {
-            if (fscanf(m, "%llu", &v) == 1 && v < lowest)
-                lowest = v;
-            fclose(m);
-        }
-        char *slash = strrchr(group, '/');
-        if (!slash)
-            break;
-        *slash = 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *controllers = strchr(line, ':'), *group = controllers ? strchr(controllers + 1, ':') : NULL;
+        if (!group)
+            continue;
+        *group++ = 0;
+        controllers++;
+        uint64_t v = UINT64_MAX;
+        if (*controllers == 0) /* "0::/path": cgroup v2 */
+            v = lowest_limit("/sys/fs/cgroup", group, "memory.max");
+        else if (has_controller(controllers, "memory")) /* "N:memory:/path": v1 */
+            v = lowest_limit("/sys/fs/cgroup/memory", group, "memory.limit_in_bytes");
+        if (v < lowest)
+            lowest = v;
     }
+    fclose(f);
     return lowest;
 }
 
@@ -58,12 +87,13 @@ void alarm_init(struct broker *b)
         log_info("memory limit: %.1f MiB of messages", b->memory_limit / MIB);
         return;
     }
-    uint64_t ram = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : UINT64_MAX;
     uint64_t cgroup = cgroup_memory_max();
     const char *of = "RAM";
     if (cgroup < ram) {
         ram = cgroup;
-        of = "the cgroup's memory.max";
+        of = "the cgroup's memory limit";
     }
     b->memory_limit = ram / 100 * cfg->memory_limit_percent;
     log_info("memory limit: %.1f MiB of messages (%u%% of %.1f MiB, %s)", b->memory_limit / MIB,
@@ -88,7 +118,7 @@ static void changed(struct broker *b)
 {
     const char *reason = alarm_reason(b);
     if (reason)
-        conn_block_publishers(b, reason);
+        conn_notify_blocked(b, reason);
     else
         conn_resume_publishers(b);
     broker_wake(b);
@@ -134,5 +164,7 @@ const char *alarm_reason(const struct broker *b)
 
 bool alarm_holds_publisher(const struct connection *c)
 {
-    return c->publisher && (alarm_reason(c->b) || persist_backlog_full(c->b));
+    if (c->state != CONN_OPEN) /* a closing connection is read for its close-ok */
+        return false;
+    return c->alarm_blocked || (c->publisher && persist_backlog_full(c->b));
 }

@@ -148,7 +148,7 @@ int broker_init(struct broker *b, const struct config *cfg)
     alarm_init(b);
     if (persist_open(b) != 0)
         return -1;
-    b->readbuf = xmalloc((size_t)cfg->frame_max + 8 + READ_CHUNK);
+    b->readbuf = xmalloc(READBUF_SIZE(b));
     b->dispatch_ev = event_new(b->base, -1, 0, on_dispatch, b);
     b->stop_ev = evtimer_new(b->base, on_stop_timeout, b);
     b->sigint_ev = evsignal_new(b->base, SIGINT, on_signal, b);

@@ -49,7 +49,7 @@ struct broker {
     struct abuf scratch;          /* per-delivery properties (x-delivery-count) */
     struct queue *dirty;          /* queues waiting for a dispatch pass */
     struct connection *flush_list; /* connections with frames to write this turn */
-    uint8_t *readbuf;             /* shared input buffer: a leftover frame + READ_CHUNK */
+    uint8_t *readbuf;             /* shared input buffer of READBUF_SIZE (connection.h) */
     struct event *dispatch_ev;
     struct event *sigint_ev, *sigterm_ev, *stop_ev;
     struct event *timeout_ev;     /* consumer timeout checks, when configured */

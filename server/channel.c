@@ -9,6 +9,7 @@
 
 #include "amqp/wire.h"
 #include "amqp_methods.h"
+#include "server/alarm.h"
 #include "server/broker.h"
 #include "server/channel_priv.h"
 #include "server/connection.h"
@@ -228,6 +229,8 @@ void channel_committed(struct channel *ch, uint64_t batch)
 
 static void complete_publish(struct channel *ch)
 {
+    if (alarm_reason(ch->conn->b)) /* RabbitMQ holds a connection once it publishes */
+        ch->conn->alarm_blocked = true;
     struct message *msg = ch->pub_msg;
     ch->pub_msg = NULL;
     ch->pub = PUB_IDLE;

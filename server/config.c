@@ -65,7 +65,8 @@ static void usage(FILE *f)
             "                  than MS milliseconds, so it returns to its queue (default 0: off)\n"
             "  --memory-limit SIZE  above this much message memory, publishers are blocked\n"
             "                  (connection.blocked \"low on memory\") until queues drain: N%% of\n"
-            "                  RAM, or bytes with K, M, G (KiB...) or KB, MB, GB (default 40%%)\n"
+            "                  RAM, or bytes with K, M, G, T (KiB...) or KB, MB, GB, TB\n"
+            "                  (default 40%%)\n"
             "  --help          print this and exit\n"
             "  --version       print the version and exit\n");
 }
@@ -128,7 +129,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv)
         } else if (OPT("--memory-limit")) {
             if (config_parse_memory_limit(cfg, val)) {
                 fprintf(stderr, "warren: --memory-limit needs a share of RAM from 1%% to 100%% or a size "
-                                "of at least 1 MiB (bytes, or with K, M, G, KiB, MiB, GiB, KB, MB, GB), "
+                                "of at least 1 MiB (bytes, or with K, M, G, T, KiB, MiB, GiB, TiB, KB, MB, GB, TB), "
                                 "got '%s'\n", val);
                 return -1;
             }

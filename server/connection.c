@@ -755,6 +755,8 @@ static size_t read_frames(struct connection *c, const uint8_t *buf, size_t len)
         pos += (size_t)size + 8;
         if (c->frame_max)
             limit = c->frame_max;
+        if (c->alarm_blocked) /* a publish completed during an alarm: the rest waits */
+            break;
     }
     return pos;
 }
@@ -780,10 +782,6 @@ static size_t read_input(struct connection *c, const uint8_t *buf, size_t len)
     return pos + read_frames(c, buf + pos, len - pos);
 }
 
-/* Input goes through one broker-wide buffer (the loop is single-threaded): the bytes left
- * over from the connection's last read (less than one frame) are put in front, one read
- * appends what the socket has, whole frames are parsed in place, and only an incomplete
- * frame at the end is copied back to the connection. An idle connection holds no buffer. */
 static void send_blocked(struct connection *c, const char *reason)
 {
     if (!c->cap_blocked || c->blocked_sent || c->state != CONN_OPEN)
@@ -805,31 +803,42 @@ static void pause_reading(struct connection *c)
         send_blocked(c, reason);
 }
 
-void conn_block_publishers(struct broker *b, const char *reason)
+void conn_notify_blocked(struct broker *b, const char *reason)
 {
-    for (struct connection *c = b->conns; c; c = c->next) {
-        if (c->publisher && c->state == CONN_OPEN) {
-            pause_reading(c);
+    for (struct connection *c = b->conns; c; c = c->next)
+        if (c->publisher)
             send_blocked(c, reason);
-        }
-    }
 }
 
 void conn_resume_publishers(struct broker *b)
 {
+    bool alarm = alarm_reason(b) != NULL;
     for (struct connection *c = b->conns; c; c = c->next) {
-        if (!c->read_paused || alarm_holds_publisher(c))
-            continue;
-        c->read_paused = false;
-        if (c->state != CONN_CLOSED)
-            event_add(c->read_ev, NULL);
-        if (c->blocked_sent && !alarm_reason(b)) {
-            struct amqp_method m = { .id = AMQP_CONNECTION_UNBLOCKED };
-            conn_send_method(c, 0, &m);
+        if (!alarm)
+            c->alarm_blocked = false;
+        if (c->read_paused && !alarm_holds_publisher(c)) {
+            c->read_paused = false;
+            if (c->state != CONN_CLOSED) {
+                event_add(c->read_ev, NULL);
+                if (c->pending_len) /* frames held back: parse them even if nothing new comes */
+                    event_active(c->read_ev, EV_READ, 0);
+            }
+        }
+        if (c->blocked_sent && !alarm) {
             c->blocked_sent = false;
+            if (c->state == CONN_OPEN) {
+                struct amqp_method m = { .id = AMQP_CONNECTION_UNBLOCKED };
+                conn_send_method(c, 0, &m);
+            }
         }
     }
 }
+
+/* Input goes through one broker-wide buffer (the loop is single-threaded): the bytes left
+ * over from the connection's last read are put in front, one read appends what the socket
+ * has, whole frames are parsed in place, and what is left (an incomplete frame, or the
+ * frames after a publish that blocked the connection) is copied back to the connection.
+ * An idle connection holds no buffer. */
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -844,17 +853,22 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     size_t len = c->pending_len;
     if (len)
         memcpy(buf, c->pending, len);
-    ssize_t n = read(fd, buf + len, READ_CHUNK);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return;
-    if (n <= 0) {
-        if (c->state != CONN_CLOSED && c->state >= CONN_OPEN)
-            log_info("connection %s: client closed the socket%s", c->peer,
-                     c->state == CONN_OPEN ? " without connection.close" : "");
-        conn_free(&c);
-        return;
+    size_t room = READBUF_SIZE(b) - len;
+    if (room > 0) {
+        ssize_t n = read(fd, buf + len, room < READ_CHUNK ? room : READ_CHUNK);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            if (len == 0)
+                return;
+            n = 0; /* nothing new: parse what was held back */
+        } else if (n <= 0) {
+            if (c->state != CONN_CLOSED && c->state >= CONN_OPEN)
+                log_info("connection %s: client closed the socket%s", c->peer,
+                         c->state == CONN_OPEN ? " without connection.close" : "");
+            conn_free(&c);
+            return;
+        }
+        len += (size_t)n;
     }
-    len += (size_t)n;
     c->recv_since_tick = true;
     c->in_read = true;
     size_t used = read_input(c, buf, len);
@@ -879,6 +893,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     c->pending_len = (uint32_t)left;
     if (c->publisher) /* publishes are where memory grows: look before the next read */
         alarm_check_memory(b);
+    if (alarm_holds_publisher(c))
+        pause_reading(c);
 }
 
 /* Heartbeats, handshake and close timeouts, deferred free. */

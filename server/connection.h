@@ -21,6 +21,9 @@ struct amqp_method;
 
 /* How much one read call may take from a socket: about one frame ahead of the parser. */
 #define READ_CHUNK (128u * 1024 + 8)
+/* The broker's shared input buffer: what a connection left unparsed (an incomplete frame,
+ * or the frames after a publish that blocked it) plus one read. */
+#define READBUF_SIZE(b) ((size_t)(b)->cfg.frame_max + 8 + READ_CHUNK)
 
 enum conn_state {
     CONN_AWAIT_HEADER,   /* accepted; waiting for the 8-byte protocol header */
@@ -63,6 +66,7 @@ struct connection {
     bool write_blocked;          /* output above the high watermark: deliveries pause */
     bool publisher;              /* has published: held back while the store cannot keep up */
     bool read_paused;            /* not read until the store catches up or the alarm ends */
+    bool alarm_blocked;          /* published while an alarm was on: held until none is */
     bool cap_blocked;            /* client understands connection.blocked */
     bool blocked_sent;           /* we sent connection.blocked and owe connection.unblocked */
     uint64_t held_until;         /* output waits for this store batch to commit; 0 = not held */
@@ -92,11 +96,13 @@ bool conn_writable(const struct connection *c);
 void conn_add_exclusive(struct connection *c, struct queue *q);
 void conn_remove_exclusive(struct connection *c, struct queue *q);
 void conn_free(struct connection **cp);
-/* An alarm is on (server/alarm.h): stops reading from publishing connections and sends
- * connection.blocked with this reason to those that understand it. */
-void conn_block_publishers(struct broker *b, const char *reason);
-/* Reads again from held publishers that alarm_holds_publisher no longer holds, and sends
- * connection.unblocked where connection.blocked was sent and no alarm is on. */
+/* An alarm started (server/alarm.h): sends connection.blocked with this reason to the open
+ * connections that have published and understand it. They are still read; each is held
+ * once it publishes again (channel.c marks it alarm_blocked). */
+void conn_notify_blocked(struct broker *b, const char *reason);
+/* Reads again from held connections that alarm_holds_publisher no longer holds, including
+ * frames left unparsed when they were held; when no alarm is on, sends
+ * connection.unblocked where connection.blocked was sent. */
 void conn_resume_publishers(struct broker *b);
 /* Keeps c's output (a reply to a durable change, and all after it) unsent until store
  * batch `batch` commits. */

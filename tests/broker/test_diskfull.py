@@ -52,21 +52,27 @@ def check_queue(b, queue, bodies):
     conn.close()
 
 
+HELD = b"held-by-the-alarm"
+
+
 def expect_alarm_cycle(b, pub, ch, c, stuck, other, ochannel, clear):
     """With writes failing and `stuck` publish tags outstanding: pub gets
-    connection.blocked, the stuck confirms are withheld, pub is not read
-    while the non-publishing `other` connection still is; then clear()
-    makes writing work and everything resumes."""
+    connection.blocked, the stuck confirms are withheld; pub publishes HELD
+    into "q", after which it is not read (as RabbitMQ holds a connection
+    once it publishes during an alarm) while the non-publishing `other`
+    connection still is; then clear() makes writing work and everything
+    resumes. HELD is in "q" after the messages published before it."""
     assert pump(pub.conn, lambda: pub.blocked(), WAIT), \
         "no connection.blocked within %.0f s; events %r" % (WAIT, pub.events)
     assert pub.blocked() == [LOW_ON_DISK]
     assert not pub.unblocked()
-    # the broker no longer reads from the blocked connection...
+    # the broker no longer reads from the blocked connection once it publishes...
+    held = c.publish("", "q", HELD)
     declared = passive_declare_async(ch, "q")
     c.pump(1.0)
-    assert stuck <= c.pending, "confirms sent while writes fail: %r" % sorted(
-        stuck - c.pending)[:10]
-    assert not declared, "a blocked connection was read from"
+    assert stuck | {held} <= c.pending, "confirms sent while writes fail: %r" % sorted(
+        (stuck | {held}) - c.pending)[:10]
+    assert not declared, "a blocked connection was read from after it published"
     # ...but still serves a connection that never published
     assert ochannel.queue_declare("q", passive=True).method.queue == "q"
     assert other.events == []
@@ -114,7 +120,7 @@ def test_fault_file_blocks_publishers_and_recovers(fresh_broker, fault):
     after = [b"after%02d" % i for i in range(10)]
     c.publish_all("", "q", after, timeout=WAIT)
     restart(b, KILL, [pub.conn, other.conn])
-    check_queue(b, "q", before + during + after)
+    check_queue(b, "q", before + during + [HELD] + after)
 
 
 def test_kill_while_writes_fail_keeps_what_was_confirmed(fresh_broker):
@@ -241,6 +247,7 @@ def test_real_disk_full_on_tmpfs(tmpfs_broker):
         ballast.unlink()
 
     expect_alarm_cycle(b, pub, ch, c, stuck, other, och, clear)
+    bodies.append(HELD)
     more = [body(len(bodies) + i, 1024) for i in range(10)]
     c.publish_all("", "q", more, timeout=WAIT)
     bodies += more
