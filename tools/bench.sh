@@ -316,7 +316,8 @@ run_scenario() { # run_scenario SCEN BROKER RUN
 run_floor() { # run_floor RUN: the same paced path through a bare relay process, no broker
   local r=$1 out
   [ -x "$FLOOR" ] || return 0
-  out=$("$FLOOR" --rate 1000 --duration "$(s6_duration)" --size 256 --scenario S6 2>>"$LOG")
+  out=$(timeout --kill-after=10 60 "$FLOOR" --rate 1000 --duration "$(s6_duration)" --size 256 \
+        --scenario S6 2>>"$LOG")
   echo "$out" >>"$LOG"
   LAST=$(grep '^RESULT ' <<<"$out" | tail -1)
   [ -n "$LAST" ] || LAST="RESULT scenario=S6 broker=floor status=fail errors=1 note=no_result"

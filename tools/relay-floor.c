@@ -13,7 +13,8 @@
  * reads and drops the consumer's acks. The producer paces and stamps messages as
  * warren-bench does; the consumer reads as rabbitmq-c does (recv, then poll when
  * nothing is there) and writes an ack after each message. What it reports is the
- * least latency any broker could add on this machine to S6's path.
+ * end-to-end latency of S6's path with nothing in the middle but a forwarding process:
+ * the floor under any broker's S6 figures on this machine.
  *
  * Output: a summary and one line "RESULT scenario=S broker=floor p50_us=... ..." in
  * warren-bench's format. Exit status 0 only if every message arrived once, in order.
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -86,9 +88,13 @@ static int connect_role(char role) {
 /* ------------------------------------------------------------------ relay process */
 
 /* Accepts the producer and the consumer (each names itself with its first byte), then
- * forwards producer -> consumer and drops what the consumer sends, until the producer
- * hangs up. Never returns. */
+ * forwards producer -> consumer and drops what the consumer sends. When the producer
+ * hangs up it passes the end on and reads acks until the consumer hangs up too. Never
+ * returns; it also ends when its parent dies. */
 static void relay_main(int listener) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1)
+    _exit(1);
   int prod = -1, cons = -1, one = 1;
   while (prod < 0 || cons < 0) {
     int fd = accept(listener, NULL, NULL);
@@ -111,12 +117,15 @@ static void relay_main(int listener) {
       ssize_t r = read(got[i].data.fd, buf, sizeof buf);
       if (got[i].data.fd == cons) { /* acks are dropped */
         if (r <= 0)
-          epoll_ctl(ep, EPOLL_CTL_DEL, cons, NULL);
+          _exit(prod < 0 ? 0 : 1); /* done once the producer had finished */
         continue;
       }
       if (r <= 0) {
-        shutdown(cons, SHUT_WR);
-        _exit(0);
+        shutdown(cons, SHUT_WR); /* the consumer sees the end after the last message */
+        epoll_ctl(ep, EPOLL_CTL_DEL, prod, NULL);
+        close(prod);
+        prod = -1;
+        continue;
       }
       if (!write_all(cons, buf, (size_t)r))
         _exit(1);
@@ -242,6 +251,9 @@ int main(int argc, char **argv) {
   }
   g_total = (uint64_t)(g_rate * g_duration);
   g_latency = calloc(g_total ? g_total : 1, sizeof *g_latency);
+  if (!g_latency)
+    die("calloc");
+  signal(SIGPIPE, SIG_IGN); /* a relay that died shows as a failed write, not a kill */
 
   int listener = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -260,11 +272,13 @@ int main(int argc, char **argv) {
   int cons_fd = connect_role('C');
   pthread_t pt, ct;
   int64_t t0 = now_ns();
-  pthread_create(&ct, NULL, consumer_main, &cons_fd);
-  pthread_create(&pt, NULL, producer_main, NULL);
+  if (pthread_create(&ct, NULL, consumer_main, &cons_fd) != 0 ||
+      pthread_create(&pt, NULL, producer_main, NULL) != 0)
+    die("pthread_create");
   pthread_join(pt, NULL);
   pthread_join(ct, NULL);
   double elapsed = (double)(now_ns() - t0) / 1e9;
+  close(cons_fd); /* the relay ends when it sees this */
   int wst = 0;
   waitpid(relay, &wst, 0);
 
