@@ -839,7 +839,6 @@ void conn_resume_publishers(struct broker *b)
  * has, whole frames are parsed in place, and what is left (an incomplete frame, or the
  * frames after a publish that blocked the connection) is copied back to the connection.
  * An idle connection holds no buffer. */
-
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/xalloc.h"
+#include "server/alarm.h"
 #include "server/broker.h"
 #include "server/channel.h"
 #include "server/connection.h"
@@ -12,7 +13,6 @@
 #include "server/log.h"
 #include "server/message.h"
 #include "server/qpolicy.h"
-#include "server/alarm.h"
 #include "server/queue.h"
 #include "server/vhost.h"
 #include "storage/store.h"
