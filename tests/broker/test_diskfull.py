@@ -94,21 +94,31 @@ def start_with_fault_file(fresh_broker):
     return b, fault_file
 
 
+class FailingStore:
+    """A broker with the fault VFS, a Watched publisher with confirms on
+    durable queue "q", `before` published and confirmed, then the fault
+    file set to `fault` and `during` published into the failing store."""
+
+    def __init__(self, fresh_broker, fault, n_before, n_during, other=False):
+        self.b, self.fault_file = start_with_fault_file(fresh_broker)
+        self.pub = Watched(self.b)
+        self.ch = self.pub.conn.channel()
+        self.ch.queue_declare("q", durable=True)
+        self.other = Watched(self.b) if other else None
+        self.c = Confirms(self.pub.conn, self.ch)
+        self.before = [b"before%02d" % i for i in range(n_before)]
+        self.c.publish_all("", "q", self.before)
+        self.fault_file.write_text(fault)
+        self.during = [b"during%02d" % i for i in range(n_during)]
+        self.stuck = {self.c.publish("", "q", body) for body in self.during}
+
+
 @pytest.mark.parametrize("fault", ["full", "ioerr"])
 def test_fault_file_blocks_publishers_and_recovers(fresh_broker, fault):
-    b, fault_file = start_with_fault_file(fresh_broker)
-    pub = Watched(b)
-    ch = pub.conn.channel()
-    ch.queue_declare("q", durable=True)
-    other = Watched(b)
+    f = FailingStore(fresh_broker, fault, 50, 20, other=True)
+    b, fault_file, pub, ch, c, other = f.b, f.fault_file, f.pub, f.ch, f.c, f.other
     och = other.conn.channel()
-    c = Confirms(pub.conn, ch)
-    before = [b"before%02d" % i for i in range(50)]
-    c.publish_all("", "q", before)
-
-    fault_file.write_text(fault)
-    during = [b"during%02d" % i for i in range(20)]
-    stuck = {c.publish("", "q", body) for body in during}
+    before, during, stuck = f.before, f.during, f.stuck
 
     def clear():
         if fault == "full":
@@ -126,17 +136,8 @@ def test_fault_file_blocks_publishers_and_recovers(fresh_broker, fault):
 def test_kill_while_writes_fail_keeps_what_was_confirmed(fresh_broker):
     """SIGKILL during the alarm, restart with writing working: the confirmed
     messages are there once; the stuck ones, if at all, once and in order."""
-    b, fault_file = start_with_fault_file(fresh_broker)
-    pub = Watched(b)
-    ch = pub.conn.channel()
-    ch.queue_declare("q", durable=True)
-    c = Confirms(pub.conn, ch)
-    before = [b"before%02d" % i for i in range(30)]
-    c.publish_all("", "q", before)
-    fault_file.write_text("ioerr")
-    during = [b"during%02d" % i for i in range(10)]
-    for body in during:
-        c.publish("", "q", body)
+    f = FailingStore(fresh_broker, "ioerr", 30, 10)
+    b, fault_file, pub, c, before, during = f.b, f.fault_file, f.pub, f.c, f.before, f.during
     assert pump(pub.conn, lambda: pub.blocked(), WAIT), pub.events
     c.pump(0.3)
     assert len(c.pending) == len(during)
@@ -307,17 +308,8 @@ def test_sigterm_while_writes_fail_does_not_hang(fresh_broker):
     """SIGTERM during the disk alarm: the broker stops within the harness's
     10 s (any exit status, but not a crash); restarted with writing working
     it has every confirmed message once, and the stuck ones at most once."""
-    b, fault_file = start_with_fault_file(fresh_broker)
-    pub = Watched(b)
-    ch = pub.conn.channel()
-    ch.queue_declare("q", durable=True)
-    c = Confirms(pub.conn, ch)
-    before = [b"before%02d" % i for i in range(20)]
-    c.publish_all("", "q", before)
-    fault_file.write_text("full")
-    during = [b"during%02d" % i for i in range(10)]
-    for body in during:
-        c.publish("", "q", body)
+    f = FailingStore(fresh_broker, "full", 20, 10)
+    b, fault_file, pub, before, during = f.b, f.fault_file, f.pub, f.before, f.during
     assert pump(pub.conn, lambda: pub.blocked(), WAIT), pub.events
     rc = b.stop()
     assert rc is not None, "still running 10 s after SIGTERM\n%s" % (
